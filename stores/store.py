@@ -1,0 +1,195 @@
+"""The embedded DuckDB store: stage tables with lineage, quarantine, stage-run records, turn records.
+
+Writes are idempotent (primary keys + INSERT OR IGNORE: a rerun inserts nothing new) and a stage's rows, its
+quarantined rows and its stage-run record commit in one transaction, so a stage's output is all-or-nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+import pandas as pd
+
+from stores.schema import LINEAGE_NAMES, TableSpec
+
+_SYSTEM_DDL = (
+    """CREATE TABLE IF NOT EXISTS stage_runs (
+        batch_id VARCHAR PRIMARY KEY, stage VARCHAR NOT NULL, turn INTEGER, model_version VARCHAR,
+        params_hash VARCHAR NOT NULL, run_id VARCHAR, rows_in INTEGER NOT NULL, rows_out INTEGER NOT NULL,
+        quarantined INTEGER NOT NULL, seconds DOUBLE NOT NULL, summary VARCHAR NOT NULL,
+        created_at TIMESTAMP NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS quarantine (
+        batch_id VARCHAR NOT NULL, stage VARCHAR NOT NULL, table_name VARCHAR NOT NULL, row_key VARCHAR NOT NULL,
+        reason VARCHAR NOT NULL, row_json VARCHAR NOT NULL, run_id VARCHAR, created_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (batch_id, table_name, row_key, reason))""",
+    """CREATE TABLE IF NOT EXISTS turns (
+        turn INTEGER PRIMARY KEY, start_model_version INTEGER NOT NULL, created_at TIMESTAMP NOT NULL)""",
+)
+
+
+@dataclass(frozen=True)
+class Lineage:
+    stage: str
+    model_version: str
+    run_id: str
+    params_hash: str
+    batch_id: str
+
+    def stamp(self, frame: pd.DataFrame) -> pd.DataFrame:
+        stamped = frame.copy()
+        for name in LINEAGE_NAMES[:-1]:
+            stamped[name] = getattr(self, name)
+        stamped["created_at"] = utc_now()
+        return stamped
+
+
+@dataclass(frozen=True)
+class StageRunRecord:
+    batch_id: str
+    stage: str
+    turn: int | None
+    model_version: str
+    params_hash: str
+    run_id: str
+    rows_in: int
+    rows_out: int
+    quarantined: int
+    seconds: float
+    summary: dict
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Store:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(str(self.path))
+        except duckdb.IOException as error:
+            raise RuntimeError(f"cannot open the store at {self.path}: {error}") from error
+        for ddl in _SYSTEM_DDL:
+            self.con.execute(ddl)
+
+    @classmethod
+    @contextmanager
+    def open(cls, path: Path | str) -> Iterator["Store"]:
+        store = cls(path)
+        try:
+            yield store
+        finally:
+            store.close()
+
+    def close(self) -> None:
+        self.con.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    def ensure(self, spec: TableSpec) -> None:
+        self.con.execute(spec.ddl())
+
+    def insert(self, spec: TableSpec, frame: pd.DataFrame, lineage: Lineage) -> int:
+        """Insert rows not already present (by primary key); returns how many were new."""
+        self.ensure(spec)
+        if frame.empty:
+            return 0
+        stamped = lineage.stamp(frame[list(spec.column_names)])
+        names = ", ".join(c.name for c in spec.all_columns)
+        before = self.count(spec.name)
+        self.con.register("_incoming", stamped)
+        try:
+            self.con.execute(f"INSERT OR IGNORE INTO {spec.name} ({names}) SELECT {names} FROM _incoming")
+        finally:
+            self.con.unregister("_incoming")
+        return self.count(spec.name) - before
+
+    def count(self, table: str, batch_id: str | None = None) -> int:
+        if not self.has_table(table):
+            return 0
+        if batch_id is None:
+            return self.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        return self.con.execute(f"SELECT count(*) FROM {table} WHERE batch_id = ?", [batch_id]).fetchone()[0]
+
+    def has_table(self, table: str) -> bool:
+        query = "SELECT count(*) FROM information_schema.tables WHERE table_name = ?"
+        return self.con.execute(query, [table]).fetchone()[0] > 0
+
+    def read(self, table: str, batch_id: str | None = None) -> pd.DataFrame:
+        if batch_id is None:
+            return self.con.execute(f"SELECT * FROM {table}").df()
+        return self.con.execute(f"SELECT * FROM {table} WHERE batch_id = ? ORDER BY ALL", [batch_id]).df()
+
+    def quarantine(self, stage: str, table: str, batch_id: str, run_id: str, rejects: list[dict]) -> int:
+        """Record rejected rows with their reasons; they are kept, never silently dropped."""
+        if not rejects:
+            return 0
+        frame = pd.DataFrame(
+            {
+                "batch_id": batch_id,
+                "stage": stage,
+                "table_name": table,
+                "row_key": [r["row_key"] for r in rejects],
+                "reason": [r["reason"] for r in rejects],
+                "row_json": [json.dumps(r["row"], default=str, ensure_ascii=False) for r in rejects],
+                "run_id": run_id,
+                "created_at": utc_now(),
+            }
+        )
+        self.con.register("_rejects", frame)
+        try:
+            self.con.execute("INSERT OR IGNORE INTO quarantine SELECT * FROM _rejects")
+        finally:
+            self.con.unregister("_rejects")
+        return len(frame)
+
+    def record_stage_run(self, record: StageRunRecord) -> None:
+        self.con.execute(
+            "INSERT OR IGNORE INTO stage_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                record.batch_id, record.stage, record.turn, record.model_version, record.params_hash,
+                record.run_id, record.rows_in, record.rows_out, record.quarantined, record.seconds,
+                json.dumps(record.summary, sort_keys=True, default=str), utc_now(),
+            ],
+        )
+
+    def stage_run(self, batch_id: str) -> StageRunRecord | None:
+        row = self.con.execute(
+            "SELECT batch_id, stage, turn, model_version, params_hash, run_id, rows_in, rows_out, quarantined, "
+            "seconds, summary FROM stage_runs WHERE batch_id = ?",
+            [batch_id],
+        ).fetchone()
+        if row is None:
+            return None
+        return StageRunRecord(*row[:-1], summary=json.loads(row[-1]))
+
+    def turn_start_version(self, turn: int) -> int | None:
+        row = self.con.execute("SELECT start_model_version FROM turns WHERE turn = ?", [turn]).fetchone()
+        return None if row is None else row[0]
+
+    def record_turn_start(self, turn: int, model_version: int) -> None:
+        self.con.execute("INSERT OR IGNORE INTO turns VALUES (?, ?, ?)", [turn, model_version, utc_now()])
+
+    def export_parquet(self, table: str, batch_id: str, path: Path) -> None:
+        """Write one batch of a table to Parquet atomically (temp file + rename)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        frame = self.read(table, batch_id) if self.has_table(table) else pd.DataFrame()
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)

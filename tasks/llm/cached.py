@@ -1,0 +1,82 @@
+"""The only way stages reach a model: every call goes through the LLM-call cache first.
+
+Identical requests are sent once, misses go to the backend in length-sorted chunks, and each chunk's results are
+committed before the next starts (a killed stage loses at most one chunk). `calls` counts prompts that reached the
+model, which is how tests prove a rerun makes none. A finished generation also answers the matching scoring request
+(same model, same prompt, same tokens), so scoring one's own outputs costs nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from tqdm.auto import tqdm
+
+from stores.llm_cache import LLMCallCache, call_key
+from stores.registry import ModelRef
+from tasks.config import Sampling
+from tasks.llm.backend import Generation, GenerationBackend, Messages, Scored
+
+
+class CachedLLM:
+    def __init__(self, backend_factory, cache: LLMCallCache, model: ModelRef, progress: bool = True):
+        self._backend_factory = backend_factory  # loaded on the first miss: a fully cached stage never loads weights
+        self._backend: GenerationBackend | None = None
+        self.cache, self.model, self.progress = cache, model, progress
+        self.calls = 0
+
+    @property
+    def backend(self) -> GenerationBackend:
+        if self._backend is None:
+            self._backend = self._backend_factory(self.model)
+        return self._backend
+
+    def generate(self, prompts: list[Messages], sampling: Sampling, seeds: list[int], desc: str) -> list[Generation]:
+        greedy = sampling.temperature == 0
+        requests = [
+            {"prompt": p, "sampling": sampling.model_dump(), "seed": None if greedy else s}
+            for p, s in zip(prompts, seeds)
+        ]
+        responses = self._through_cache("generate", requests, self._generate_chunk, desc)
+        return [Generation(**r) for r in responses]
+
+    def score(self, prompts: list[Messages], completions: list[str], desc: str) -> list[Scored]:
+        requests = [{"prompt": p, "completion": c} for p, c in zip(prompts, completions)]
+        responses = self._through_cache("score", requests, self._score_chunk, desc)
+        return [Scored(**r) for r in responses]
+
+    def _through_cache(self, kind: str, requests: list[dict], compute, desc: str) -> list[dict]:
+        keys = [call_key(kind, self.model.fingerprint, r) for r in requests]
+        found = self.cache.get_many(list(set(keys)))
+        missing = {k: r for k, r in zip(keys, requests) if k not in found}
+        order = sorted(missing, key=lambda k: len(str(missing[k]["prompt"])))
+        with tqdm(total=len(order), desc=f"{desc} ({self.model.label})", disable=not self.progress or not order) as bar:
+            for start in range(0, len(order), self.backend.batch_size if order else 1):
+                chunk = order[start : start + self.backend.batch_size]
+                results = compute([missing[k] for k in chunk])
+                self.calls += len(chunk)
+                entries = [(k, missing[k], result) for k, result in zip(chunk, results)]
+                self.cache.put_many(kind, self.model.fingerprint, self.model.label, entries)
+                found.update({k: result for k, _, result in entries})
+                bar.update(len(chunk))
+        return [found[k] for k in keys]
+
+    def _generate_chunk(self, requests: list[dict]) -> list[dict]:
+        sampling = Sampling(**requests[0]["sampling"])
+        seeds = [r["seed"] or 0 for r in requests]
+        generations = self.backend.generate([r["prompt"] for r in requests], sampling, seeds)
+        self._answer_scoring(requests, generations)
+        return [asdict(g) for g in generations]
+
+    def _score_chunk(self, requests: list[dict]) -> list[dict]:
+        scored = self.backend.score([r["prompt"] for r in requests], [r["completion"] for r in requests])
+        return [asdict(s) for s in scored]
+
+    def _answer_scoring(self, requests: list[dict], generations: list[Generation]) -> None:
+        entries = []
+        for request, generation in zip(requests, generations):
+            if generation.finished and self.backend.completion_token_ids(generation.text) == generation.token_ids:
+                score_request = {"prompt": request["prompt"], "completion": generation.text}
+                key = call_key("score", self.model.fingerprint, score_request)
+                entries.append((key, score_request, asdict(Scored(generation.token_logprobs))))
+        self.cache.put_many("score", self.model.fingerprint, self.model.label, entries)

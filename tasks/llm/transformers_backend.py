@@ -1,0 +1,116 @@
+"""In-process generation and scoring with transformers (the CPU default and the training-side fallback).
+
+Sampling is seeded per row: a logits processor draws each row's next token with that row's own generator (or takes
+the argmax when greedy) and masks every other token, so `generate` under greedy search emits exactly the drawn token.
+A completion therefore depends on (prompt, sampling, seed) only, not on which other prompts share its batch, which
+is what the LLM-call cache key promises. The same processor records each drawn token's untempered log-prob.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from tasks.config import Sampling
+from tasks.llm.backend import Generation, Messages, Scored
+
+
+class SeededSampler(LogitsProcessor):
+    def __init__(self, seeds: list[int], sampling: Sampling):
+        self.sampling = sampling
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.logprobs: list[list[float]] = [[] for _ in seeds]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.float()
+        logprobs = torch.log_softmax(scores, dim=-1)
+        if self.sampling.temperature == 0:
+            chosen = scores.argmax(dim=-1)
+        else:
+            chosen = torch.stack([self._draw(row, generator) for row, generator in zip(scores, self.generators)])
+        for row, token in enumerate(chosen.tolist()):
+            self.logprobs[row].append(logprobs[row, token].item())
+        forced = torch.full_like(scores, float("-inf"))
+        forced[torch.arange(len(chosen)), chosen] = 0.0
+        return forced
+
+    def _draw(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        probs = torch.softmax(logits / self.sampling.temperature, dim=-1)
+        if self.sampling.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            outside = sorted_probs.cumsum(-1) - sorted_probs > self.sampling.top_p  # keep the smallest nucleus
+            sorted_probs[outside] = 0.0
+            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+        return torch.multinomial(probs, 1, generator=generator)[0]
+
+
+class TransformersBackend:
+    def __init__(self, path, batch_size: int = 8, threads: int | None = None):
+        torch.set_num_threads(threads or os.cpu_count() or 1)
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        self.eos_id = self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+
+    def prompt_ids(self, messages: Messages) -> list[int]:
+        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+    def completion_token_ids(self, completion: str) -> list[int]:
+        return self.tokenizer.encode(completion, add_special_tokens=False) + [self.eos_id]
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(row) for row in rows)
+        ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        return ids, mask
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[Messages], sampling: Sampling, seeds: list[int]) -> list[Generation]:
+        results: list[Generation] = []
+        for start in range(0, len(prompts), self.batch_size):
+            rows = [self.prompt_ids(m) for m in prompts[start : start + self.batch_size]]
+            results.extend(self._generate_batch(rows, sampling, seeds[start : start + self.batch_size]))
+        return results
+
+    def _generate_batch(self, rows: list[list[int]], sampling: Sampling, seeds: list[int]) -> list[Generation]:
+        input_ids, attention_mask = self._left_pad(rows)
+        sampler = SeededSampler(seeds, sampling)
+        config = GenerationConfig(
+            max_new_tokens=sampling.max_new_tokens, do_sample=False, eos_token_id=self.eos_id, pad_token_id=self.pad_id
+        )
+        output = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=config,
+            logits_processor=LogitsProcessorList([sampler]),
+        )
+        generations = []
+        for row, new_tokens in enumerate(output[:, input_ids.shape[1] :].tolist()):
+            finished = self.eos_id in new_tokens
+            kept = new_tokens[: new_tokens.index(self.eos_id) + 1] if finished else new_tokens
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            generations.append(Generation(text, kept, sampler.logprobs[row][: len(kept)], finished))
+        return generations
+
+    @torch.inference_mode()
+    def score(self, prompts: list[Messages], completions: list[str]) -> list[Scored]:
+        results: list[Scored] = []
+        for start in range(0, len(prompts), self.batch_size):
+            pairs = [
+                (self.prompt_ids(m), self.completion_token_ids(c))
+                for m, c in zip(prompts[start : start + self.batch_size], completions[start : start + self.batch_size])
+            ]
+            input_ids, attention_mask = self._left_pad([p + c for p, c in pairs])
+            positions_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_ids).logits
+            logprobs = torch.log_softmax(logits.float(), -1)
+            width = input_ids.shape[1]
+            for row, (_, completion) in enumerate(pairs):
+                positions = torch.arange(width - len(completion), width)
+                picked = logprobs[row, positions - 1].gather(-1, torch.tensor(completion)[:, None])[:, 0]
+                results.append(Scored(picked.tolist()))
+        return results

@@ -1,0 +1,152 @@
+"""Retraining: TRL SFT on the kept annotations and the human-refinement examples, then TRL DPO on the pairs, starting
+from the turn's model. The result is logged to MLflow and registered as the next `flywheel-policy` version with the
+alias `candidate`; promotion is a separate, explicit gate (`tasks/evaluate/promote.py`).
+
+As in the Video DataFlywheel recipe, synthetic data trains first and the human refinement set last (`human_order`
+param: after / before / mixed); each SFT phase gets a share of `max_steps` proportional to its size. A model
+registered for this batch is reused, so a retried stage never trains or registers twice.
+
+Input: `denoised` (kept rows), `items` (human split, this turn's window), `pairs`.
+Output columns (`training_examples`): item_id, kind, candidate, phase, target.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from stores.registry import CANDIDATE, WEIGHTS, sha256_file
+from stores.schema import Column, TableSpec
+from tasks.config import Retrain
+from tasks.prompts import caption_messages
+from tasks.stage import StageContext, StageDef, StageOutput
+
+TRAINING_EXAMPLES = TableSpec(
+    "training_examples",
+    (
+        Column("item_id", "VARCHAR", min_length=1),
+        Column("kind", "VARCHAR", min_length=1),  # sft-synthetic, sft-human, dpo
+        Column("candidate", "INTEGER", min_value=0),
+        Column("phase", "INTEGER", min_value=0),
+        Column("target", "VARCHAR", min_length=1),
+    ),
+    key=("kind", "item_id", "candidate"),
+)
+
+
+def sft_phases(synthetic: pd.DataFrame, human: pd.DataFrame, order: str) -> list[pd.DataFrame]:
+    """Training phases in order; empty phases are left out."""
+    if order == "mixed":
+        phases = [pd.concat([synthetic, human], ignore_index=True)]
+    else:
+        phases = [synthetic, human] if order == "after" else [human, synthetic]
+    return [phase.reset_index(drop=True) for phase in phases if len(phase)]
+
+
+def phase_steps(phases: list[pd.DataFrame], max_steps: int) -> list[int]:
+    total = sum(len(p) for p in phases)
+    return [max(1, round(max_steps * len(p) / total)) for p in phases]
+
+
+def _trainer_args(config_cls, out: Path, steps: int, batch: int, lr: float, seed: int, max_length: int, **extra):
+    return config_cls(
+        output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, learning_rate=lr, seed=seed,
+        data_seed=seed, max_length=max_length, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+        lr_scheduler_type="constant", warmup_steps=0, **extra,
+    )
+
+
+def train(start_path: Path, phases: list[pd.DataFrame], pairs: pd.DataFrame, cfg: Retrain, seed: int, out: Path):
+    """SFT phases then DPO; saves the model to `out`; returns per-step losses {name: [loss, ...]}."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(start_path)
+    model = AutoModelForCausalLM.from_pretrained(start_path)
+    losses: dict[str, list[float]] = {}
+    for number, (phase, steps) in enumerate(zip(phases, phase_steps(phases, cfg.sft.max_steps))):
+        data = Dataset.from_list(
+            [{"prompt": p, "completion": [{"role": "assistant", "content": t}]} for p, t in zip(phase["prompt"], phase["target"])]
+        )
+        args = _trainer_args(SFTConfig, out / f"sft-{number}", steps, cfg.sft.batch_size, cfg.sft.learning_rate, seed, cfg.max_length)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+        trainer.train()
+        model = trainer.model
+        losses[f"sft_loss_phase{number}"] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    if len(pairs) and cfg.dpo.max_steps:
+        data = Dataset.from_list(
+            [
+                {"prompt": p, "chosen": [{"role": "assistant", "content": c}], "rejected": [{"role": "assistant", "content": r}]}
+                for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"])
+            ]
+        )
+        args = _trainer_args(
+            DPOConfig, out / "dpo", cfg.dpo.max_steps, cfg.dpo.batch_size, cfg.dpo.learning_rate, seed, cfg.max_length,
+            beta=cfg.dpo.beta,
+        )
+        trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+        trainer.train()
+        model = trainer.model
+        losses["dpo_loss"] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    return losses
+
+
+def training_data(ctx: StageContext) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(synthetic SFT rows, human SFT rows, DPO pairs), each with its prompt."""
+    settings = ctx.settings
+    items = ctx.read("ingest", "items").set_index("item_id")
+    denoised = ctx.read("denoise", "denoised")
+    synthetic = denoised[denoised["kept"]][["item_id", "candidate", "caption"]].rename(columns={"caption": "target"})
+    synthetic = synthetic.assign(kind="sft-synthetic")
+    human_items = ctx.turn_slice("human", settings.retrain.sft.human_items_per_turn)
+    human = pd.DataFrame({"item_id": human_items["item_id"], "candidate": 0, "target": human_items["title"], "kind": "sft-human"})
+    pairs = ctx.read("preference", "pairs")
+    for frame in (synthetic, human, pairs):
+        frame["prompt"] = [caption_messages(items.loc[i].to_dict(), settings.data.max_signal_chars) for i in frame["item_id"]]
+    return synthetic.reset_index(drop=True), human, pairs
+
+
+def run(ctx: StageContext) -> StageOutput:
+    cfg = ctx.settings.retrain
+    synthetic, human, pairs = training_data(ctx)
+    phases = sft_phases(synthetic, human, cfg.sft.human_order)
+    candidate = ctx.registry.find_by_tag("batch_id", ctx.batch_id)
+    if candidate is None:
+        staging = Path(tempfile.mkdtemp(prefix=".train-", dir=ctx.settings.path("models")))
+        try:
+            losses = train(ctx.start_model.path, phases, pairs, cfg, ctx.settings.seed, staging)
+            for name, values in losses.items():
+                for step, value in enumerate(values, start=1):
+                    ctx.mlrun.log_metrics({name: value}, step=step)
+            source = ctx.mlrun.log_artifacts(staging / "model", "model")
+            tags = {"batch_id": ctx.batch_id, "turn": str(ctx.turn), "parent_version": str(ctx.start_model.version)}
+            candidate = ctx.registry.register(source, ctx.mlrun.run_id, sha256_file(staging / "model" / WEIGHTS), tags)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    ctx.registry.set_alias(CANDIDATE, candidate.version)
+    examples = pd.concat(
+        [phase.assign(phase=number) for number, phase in enumerate(phases)]
+        + [pairs.assign(kind="dpo", candidate=0, phase=len(phases), target=pairs["chosen"])],
+        ignore_index=True,
+    )
+    metrics = {"sft_synthetic": len(synthetic), "sft_human": len(human), "dpo_pairs": len(pairs)}
+    summary = {"candidate_version": candidate.version, "candidate_fingerprint": candidate.fingerprint}
+    return StageOutput(
+        {"training_examples": examples[list(TRAINING_EXAMPLES.column_names)]},
+        rows_in=len(synthetic) + len(human) + len(pairs), metrics=metrics, summary=summary,
+    )
+
+
+STAGE = StageDef(
+    name="retrain",
+    outputs=(TRAINING_EXAMPLES,),
+    upstream=("ingest", "denoise", "preference"),
+    sections=("data", "retrain"),
+    run=run,
+)

@@ -1,0 +1,214 @@
+"""Runs one stage of one turn: the single function the Prefect task, the CLI and `dvc repro` all call.
+
+A stage's batch id hashes its name, the config sections it reads, the turn and the turn's starting model, and its
+upstream batch ids; so it changes exactly when its inputs, params or model change. A batch already recorded in
+`stage_runs` is not recomputed (a rerun costs no model call and inserts nothing). Otherwise the stage runs, its
+tables are validated (failures quarantined with reasons), stamped with lineage and committed with the stage-run
+record in one transaction, logged as a child MLflow run of the turn, and exported to Parquet for DVC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from stores import tracking
+from stores.llm_cache import LLMCallCache
+from stores.registry import ModelRef, Registry, packaged_gguf
+from stores.store import Lineage, StageRunRecord, Store
+from tasks.annotate import STAGE as ANNOTATE
+from tasks.config import Settings
+from tasks.denoise import STAGE as DENOISE
+from tasks.evaluate import PROMOTE_STAGE as PROMOTE
+from tasks.evaluate import STAGE as EVALUATE
+from tasks.ingest import STAGE as INGEST
+from tasks.ingest.ingest import source_fingerprint
+from tasks.llm.cached import CachedLLM
+from tasks.preference import STAGE as PREFERENCE
+from tasks.retrain import STAGE as RETRAIN
+from tasks.rewrite import STAGE as REWRITE
+from tasks.stage import StageContext, StageDef, StageOutput
+from tasks.validate import validate
+
+STAGES: dict[str, StageDef] = {
+    s.name: s for s in (INGEST, ANNOTATE, DENOISE, PREFERENCE, REWRITE, RETRAIN, EVALUATE, PROMOTE)
+}
+
+
+class StageOrderError(RuntimeError):
+    """A stage was asked for before the upstream stage it reads."""
+
+
+@dataclass
+class StageResult:
+    stage: str
+    turn: int
+    batch_id: str
+    rows_in: int
+    rows_out: int
+    quarantined: int
+    seconds: float
+    cached: bool
+    llm_calls: int = 0
+    metrics: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+
+
+@lru_cache(maxsize=2)
+def _backend(path: str, batch_size: int, threads: int | None):
+    from tasks.llm.transformers_backend import TransformersBackend
+
+    return TransformersBackend(path, batch_size=batch_size, threads=threads)
+
+
+def batch_ids(settings: Settings, stage: str, turn: int, start_model: ModelRef | None) -> dict[str, str]:
+    """Batch ids of a stage and all its upstream stages."""
+    ids: dict[str, str] = {}
+
+    def visit(name: str) -> str:
+        if name not in ids:
+            spec = STAGES[name]
+            payload = {
+                "stage": name,
+                "params": settings.section_hash(*spec.sections),
+                "upstream": {up: visit(up) for up in spec.upstream},
+                "turn": turn if spec.per_turn else None,
+                "model": start_model.fingerprint if spec.per_turn and start_model else None,
+                "input": source_fingerprint(settings.root, settings.data.source) if name == "ingest" else None,
+            }
+            ids[name] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+        return ids[name]
+
+    visit(stage)
+    return ids
+
+
+def turn_start_model(store: Store, registry: Registry, settings: Settings, turn: int) -> ModelRef:
+    """The champion when the turn first started (recorded, so the turn stays reproducible after a promotion)."""
+    version = store.turn_start_version(turn)
+    if version is not None:
+        return registry.get(version)
+    champion = registry.ensure_base(packaged_gguf(settings.model.gguf_package, settings.model.gguf_file))
+    store.record_turn_start(turn, champion.version)
+    return champion
+
+
+def run_stage(name: str, settings: Settings, turn: int, tags: dict[str, str] | None = None) -> StageResult:
+    if name not in STAGES:
+        raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    stage = STAGES[name]
+    experiment_id = tracking.configure(settings.path("mlflow"), settings.experiment)
+    with Store.open(settings.path("store")) as store:
+        registry = Registry(settings.model.registry_name, experiment_id, settings.path("models"))
+        start_model = turn_start_model(store, registry, settings, turn) if stage.per_turn else None
+        ids = batch_ids(settings, name, turn, start_model)
+        record, calls = store.stage_run(ids[name]), None
+        if record is None:
+            missing = [up for up in stage.upstream if store.stage_run(ids[up]) is None]
+            if missing:
+                raise StageOrderError(
+                    f"stage {name} of turn {turn} needs {', '.join(missing)} first "
+                    f"(run `flywheel stage {missing[0]} --turn {turn}`, or the whole turn with `flywheel run`)"
+                )
+            run = _Run(stage, settings, store, registry, turn, ids, start_model, experiment_id, tags or {})
+            record, calls = run.execute()
+        _export(store, stage, record, settings)
+    return StageResult(
+        name, turn, record.batch_id, record.rows_in, record.rows_out, record.quarantined, record.seconds,
+        cached=calls is None, llm_calls=calls or 0, metrics=record.summary.get("metrics", {}), summary=record.summary,
+    )
+
+
+@dataclass
+class _Run:
+    """One execution of a stage batch that is not in the store yet."""
+
+    stage: StageDef
+    settings: Settings
+    store: Store
+    registry: Registry
+    turn: int
+    ids: dict[str, str]
+    start_model: ModelRef | None
+    experiment_id: str
+    tags: dict[str, str]
+    clients: list[CachedLLM] = field(default_factory=list)
+
+    def llm(self, model: ModelRef) -> CachedLLM:
+        """A cached client for `model`; its weights load only if a call misses the cache."""
+        settings = self.settings.model
+        client = CachedLLM(
+            lambda ref: _backend(str(ref.path), settings.batch_size, settings.threads),
+            LLMCallCache(self.store.con),
+            model,
+            progress=os.environ.get("FLYWHEEL_PROGRESS", "1") == "1",
+        )
+        self.clients.append(client)
+        return client
+
+    def execute(self) -> tuple[StageRunRecord, int]:
+        name, batch_id = self.stage.name, self.ids[self.stage.name]
+        parent = tracking.turn_run(self.experiment_id, f"turn-{self.turn}", self.turn, {"flywheel.turn": str(self.turn)})
+        params_hash = self.settings.section_hash(*self.stage.sections)
+        run_tags = {"flywheel.batch_id": batch_id, "flywheel.turn": str(self.turn), **self.tags}
+        with tracking.stage_run(self.experiment_id, parent, name, run_tags) as mlrun:
+            ctx = StageContext(
+                settings=self.settings, store=self.store, turn=self.turn, batch_id=batch_id,
+                upstream={up: self.ids[up] for up in self.stage.upstream}, start_model=self.start_model,
+                registry=self.registry, mlrun=mlrun, turn_run=tracking.RunHandle.of(parent), llm_factory=self.llm,
+                upstream_summary=lambda up: self.store.stage_run(self.ids[up]).summary,
+            )
+            started = time.perf_counter()
+            output: StageOutput = self.stage.run(ctx)
+            seconds = time.perf_counter() - started
+            model_label = self.start_model.label if self.start_model else "none"
+            lineage = Lineage(name, model_label, parent, params_hash, batch_id)
+            calls = sum(client.calls for client in self.clients)
+            rows_out = quarantined = 0
+            with self.store.transaction():
+                for spec in self.stage.outputs:
+                    accepted, rejects = validate(spec, output.tables[spec.name])
+                    rejects = output.rejects.get(spec.name, []) + rejects
+                    rows_out += self.store.insert(spec, accepted, lineage)
+                    quarantined += self.store.quarantine(name, spec.name, batch_id, parent, rejects)
+                record = StageRunRecord(
+                    batch_id, name, self.turn if self.stage.per_turn else None, model_label, params_hash, parent,
+                    output.rows_in, rows_out, quarantined, seconds,
+                    {"metrics": output.metrics, "llm_calls": calls, **output.summary},
+                )
+                self.store.record_stage_run(record)
+            mlrun.log_params(
+                {f"{s}.{k}": v for s in self.stage.sections for k, v in _flat(getattr(self.settings, s)).items()}
+            )
+            counts = {"rows_in": output.rows_in, "rows_out": rows_out, "quarantined": quarantined}
+            mlrun.log_metrics({**counts, "seconds": seconds, "llm_calls": calls, **output.metrics})
+        return record, calls
+
+
+def _flat(section) -> dict:
+    flat = {}
+    for key, value in section.model_dump(mode="json").items():
+        if isinstance(value, dict):
+            flat |= {f"{key}.{k}": v for k, v in value.items()}
+        else:
+            flat[key] = value
+    return flat
+
+
+def _export(store: Store, stage: StageDef, record: StageRunRecord, settings: Settings) -> None:
+    """Parquet of each output table's batch, and the stage's metrics JSON: what DVC versions and compares."""
+    for spec in stage.outputs:
+        store.export_parquet(spec.name, record.batch_id, settings.path("exports") / f"{spec.name}.parquet")
+    metrics_path = settings.path("metrics") / f"{stage.name}.json"
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "turn": record.turn, "batch_id": record.batch_id, "rows_in": record.rows_in, "rows_out": record.rows_out,
+        "quarantined": record.quarantined, **record.summary.get("metrics", {}),
+    }
+    tmp = metrics_path.with_name(f".{metrics_path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, metrics_path)

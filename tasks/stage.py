@@ -1,0 +1,87 @@
+"""What a stage is: a declaration (name, output tables, upstream stages, the config sections it reads) plus a
+`run(ctx)` that turns inputs into output tables. The runner (`tasks/runner.py`) owns everything around it:
+batch ids, caching of finished batches, validation, quarantine, atomic writes, lineage and MLflow logging.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable
+
+import pandas as pd
+
+from stores.registry import ModelRef, Registry
+from stores.schema import TableSpec
+from stores.store import Store
+from stores.tracking import RunHandle
+from tasks.config import Settings
+
+
+@dataclass(frozen=True)
+class StageDef:
+    name: str
+    outputs: tuple[TableSpec, ...]
+    upstream: tuple[str, ...]
+    sections: tuple[str, ...]  # config sections in the params hash
+    run: Callable[["StageContext"], "StageOutput"]
+    uses_model: bool = True  # generates, scores or trains: a GPU stage
+    per_turn: bool = True
+
+
+@dataclass
+class StageOutput:
+    tables: dict[str, pd.DataFrame]
+    rows_in: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)  # small facts later stages or the CLI need (e.g. a model version)
+    rejects: dict[str, list[dict]] = field(default_factory=dict)  # table -> rows the stage itself refused
+
+
+@dataclass
+class StageContext:
+    settings: Settings
+    store: Store
+    turn: int
+    batch_id: str
+    upstream: dict[str, str]  # upstream stage name -> its batch id
+    start_model: ModelRef | None  # the champion the turn started from
+    registry: Registry
+    mlrun: RunHandle  # this stage's MLflow run
+    turn_run: RunHandle  # the turn's parent MLflow run
+    llm_factory: Callable[[ModelRef], object]
+    upstream_summary: Callable[[str], dict]
+
+    @cached_property
+    def llm(self):
+        """The cached model client for the turn's starting model."""
+        return self.llm_factory(self.start_model)
+
+    def read(self, stage: str, table: str) -> pd.DataFrame:
+        return self.store.read(table, self.upstream[stage])
+
+    def items(self, split: str) -> pd.DataFrame:
+        """Items of one split in a fixed, seeded order (the same order every turn)."""
+        items = self.read("ingest", "items")
+        items = items[items["split"] == split].copy()
+        items["_order"] = [_order_key(self.settings.seed, item_id) for item_id in items["item_id"]]
+        return items.sort_values("_order").drop(columns="_order").reset_index(drop=True)
+
+    def turn_slice(self, split: str, count: int) -> pd.DataFrame:
+        """This turn's `count` items of a split: consecutive windows over the seeded order, wrapping around."""
+        items = self.items(split)
+        if items.empty or count == 0:
+            return items.iloc[0:0]
+        start = ((self.turn - 1) * count) % len(items)
+        positions = [(start + offset) % len(items) for offset in range(min(count, len(items)))]
+        return items.iloc[positions].reset_index(drop=True)
+
+
+def _order_key(seed: int, item_id: str) -> str:
+    return hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest()
+
+
+def derive_seed(*parts) -> int:
+    """A per-call seed from the run seed and the call's identity (stage, item, candidate...)."""
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:4], "big")
