@@ -34,19 +34,37 @@ def reciprocal_rank_fusion(rankings: list[list[str]], k: int = 60) -> list[str]:
 
 
 class CorpusIndex:
-    """BM25 + dense index over (doc_id, text) rows; the FTS index lives in the store as table `corpus`."""
+    """BM25 + dense index over (doc_id, text) rows, persisted in the store as table `corpus` (text, vector, FTS
+    index). Only documents that are new or changed since the last build are embedded again."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, docs: pd.DataFrame, embed):
         self.con, self.embed = con, embed
-        self.doc_ids = list(docs["doc_id"])
         load_fts(con)
-        con.register("_corpus", docs[["doc_id", "text"]])
+        con.execute("CREATE TABLE IF NOT EXISTS corpus (doc_id VARCHAR PRIMARY KEY, text VARCHAR, vector FLOAT[])")
+        known = dict(con.execute("SELECT doc_id, text FROM corpus").fetchall())
+        wanted = dict(zip(docs["doc_id"], docs["text"]))
+        if known != wanted:
+            self._rebuild(known, wanted)
+        rows = con.execute("SELECT doc_id, vector FROM corpus ORDER BY doc_id").fetchall()
+        self.doc_ids = [doc_id for doc_id, _ in rows]
+        self.vectors = np.array([vector for _, vector in rows], dtype=np.float32)
+
+    def _rebuild(self, known: dict[str, str], wanted: dict[str, str]) -> None:
+        stale = [doc_id for doc_id in known if known[doc_id] != wanted.get(doc_id)]
+        fresh = [doc_id for doc_id in wanted if known.get(doc_id) != wanted[doc_id]]
+        vectors = self.embed([wanted[doc_id] for doc_id in fresh])
+        self.con.execute("BEGIN TRANSACTION")
         try:
-            con.execute("CREATE OR REPLACE TABLE corpus AS SELECT doc_id, text FROM _corpus")
-        finally:
-            con.unregister("_corpus")
-        con.execute("PRAGMA create_fts_index('corpus', 'doc_id', 'text', overwrite=1)")
-        self.vectors = embed(list(docs["text"]))
+            self.con.execute("DELETE FROM corpus WHERE doc_id IN (SELECT unnest(?))", [stale])
+            self.con.executemany(
+                "INSERT INTO corpus VALUES (?, ?, ?)",
+                [(doc_id, wanted[doc_id], vector.tolist()) for doc_id, vector in zip(fresh, vectors)],
+            )
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("PRAGMA create_fts_index('corpus', 'doc_id', 'text', overwrite=1)")
 
     def bm25(self, query: str, k: int) -> list[str]:
         rows = self.con.execute(

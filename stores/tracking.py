@@ -19,14 +19,18 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.time import get_current_time_millis
 
 TURN_KEY_TAG = "flywheel.turn_key"
+# What the user asked for, read before anything calls mlflow.set_tracking_uri (which writes this variable too).
+_USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def configure(mlflow_dir: Path, experiment: str) -> str:
     """Point MLflow at the project backend (unless the environment names a server); returns the experiment id."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{mlflow_dir / 'mlflow.db'}"
+    uri = _USER_TRACKING_URI or f"sqlite:///{mlflow_dir / 'mlflow.db'}"
     if uri.startswith("sqlite:///"):
         mlflow_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
+    if _USER_TRACKING_URI is None:  # keep child processes (dvc stage cmds) choosing their own project's backend
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
@@ -35,7 +39,7 @@ def configure(mlflow_dir: Path, experiment: str) -> str:
 
 
 def ui_command(mlflow_dir: Path) -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = _USER_TRACKING_URI
     if uri and not uri.startswith("sqlite:"):
         return f"open {uri}"
     return f"mlflow ui --backend-store-uri sqlite:///{mlflow_dir / 'mlflow.db'} --host 127.0.0.1 --port 5000"

@@ -78,22 +78,25 @@ class Rewrite(Strict):
 
 
 class Sft(Strict):
-    max_steps: int = Field(16, ge=1)
+    max_steps: int = Field(12, ge=1)
     batch_size: int = Field(4, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
     learning_rate: float = Field(5e-5, gt=0.0, le=1e-2)
     human_items_per_turn: int = Field(32, ge=0)
     human_order: Literal["after", "before", "mixed"] = "after"  # the paper refines on human data last
 
 
 class Dpo(Strict):
-    max_steps: int = Field(8, ge=0)
-    batch_size: int = Field(4, ge=1)
+    max_steps: int = Field(4, ge=0)
+    batch_size: int = Field(2, ge=1)
+    gradient_accumulation: int = Field(2, ge=1)
     learning_rate: float = Field(5e-6, gt=0.0, le=1e-2)
     beta: float = Field(0.1, gt=0.0, le=10.0)
 
 
 class Retrain(Strict):
     max_length: int = Field(512, ge=64, le=4096)
+    bf16: bool = True  # bf16 autocast (fp32 master weights): ~1.4x faster steps on CPUs with avx512_bf16
     sft: Sft = Sft()
     dpo: Dpo = Dpo()
 
@@ -101,6 +104,9 @@ class Retrain(Strict):
 class Evaluate(Strict):
     items: int = Field(48, ge=1)  # the frozen held-out slice scored every turn
     sampling: Sampling = Sampling(temperature=0.0, max_new_tokens=32)
+
+
+class Promote(Strict):
     primary_metric: Literal["rouge_l", "minilm_sim"] = "rouge_l"
     min_delta: float = Field(0.0, ge=0.0)  # the candidate must beat the champion by more than this
 
@@ -118,6 +124,7 @@ class Settings(Strict):
     rewrite: Rewrite = Rewrite()
     retrain: Retrain = Retrain()
     evaluate: Evaluate = Evaluate()
+    promote: Promote = Promote()
     root: Path = Field(Path("."), exclude=True)  # folder of params.yaml; relative paths resolve against it
 
     @model_validator(mode="after")

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 from stores import tracking
@@ -65,8 +65,8 @@ def _backend(path: str, batch_size: int, threads: int | None):
     return TransformersBackend(path, batch_size=batch_size, threads=threads)
 
 
-def batch_ids(settings: Settings, stage: str, turn: int, start_model: ModelRef | None) -> dict[str, str]:
-    """Batch ids of a stage and all its upstream stages."""
+def batch_ids(settings: Settings, turn: int, start_model: ModelRef | None) -> dict[str, str]:
+    """The batch id of every stage of a turn."""
     ids: dict[str, str] = {}
 
     def visit(name: str) -> str:
@@ -83,7 +83,8 @@ def batch_ids(settings: Settings, stage: str, turn: int, start_model: ModelRef |
             ids[name] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
         return ids[name]
 
-    visit(stage)
+    for name in STAGES:
+        visit(name)
     return ids
 
 
@@ -105,7 +106,7 @@ def run_stage(name: str, settings: Settings, turn: int, tags: dict[str, str] | N
     with Store.open(settings.path("store")) as store:
         registry = Registry(settings.model.registry_name, experiment_id, settings.path("models"))
         start_model = turn_start_model(store, registry, settings, turn) if stage.per_turn else None
-        ids = batch_ids(settings, name, turn, start_model)
+        ids = batch_ids(settings, turn, start_model)
         record, calls = store.stage_run(ids[name]), None
         if record is None:
             missing = [up for up in stage.upstream if store.stage_run(ids[up]) is None]
@@ -117,10 +118,37 @@ def run_stage(name: str, settings: Settings, turn: int, tags: dict[str, str] | N
             run = _Run(stage, settings, store, registry, turn, ids, start_model, experiment_id, tags or {})
             record, calls = run.execute()
         _export(store, stage, record, settings)
+    return _result(record, turn, calls)
+
+
+def _result(record: StageRunRecord, turn: int, calls: int | None) -> StageResult:
+    """calls is None when the batch was already in the store (nothing ran)."""
     return StageResult(
-        name, turn, record.batch_id, record.rows_in, record.rows_out, record.quarantined, record.seconds,
+        record.stage, turn, record.batch_id, record.rows_in, record.rows_out, record.quarantined, record.seconds,
         cached=calls is None, llm_calls=calls or 0, metrics=record.summary.get("metrics", {}), summary=record.summary,
     )
+
+
+def register_base_model(settings: Settings) -> ModelRef:
+    experiment_id = tracking.configure(settings.path("mlflow"), settings.experiment)
+    registry = Registry(settings.model.registry_name, experiment_id, settings.path("models"))
+    return registry.ensure_base(packaged_gguf(settings.model.gguf_package, settings.model.gguf_file))
+
+
+def recorded_turn(settings: Settings, turn: int) -> list[dict]:
+    """The stage results of a finished turn, read from the store (runs nothing)."""
+    experiment_id = tracking.configure(settings.path("mlflow"), settings.experiment)
+    with Store.open(settings.path("store")) as store:
+        version = store.turn_start_version(turn)
+        if version is None:
+            raise LookupError(f"turn {turn} has not started in {settings.path('store')}")
+        start_model = Registry(settings.model.registry_name, experiment_id, settings.path("models")).get(version)
+        ids = batch_ids(settings, turn, start_model)
+        records = {name: store.stage_run(batch_id) for name, batch_id in ids.items()}
+    missing = [name for name in STAGES if records.get(name) is None]
+    if missing:
+        raise LookupError(f"turn {turn} is not finished with these params: {', '.join(missing)} not recorded")
+    return [asdict(_result(records[name], turn, None)) for name in STAGES]
 
 
 @dataclass

@@ -64,5 +64,5 @@ def run(ctx: StageContext) -> StageOutput:
 
 
 STAGE = StageDef(
-    name="annotate", outputs=(ANNOTATIONS,), upstream=("ingest",), sections=("data", "model", "annotate"), run=run
+    name="annotate", outputs=(ANNOTATIONS,), upstream=("ingest",), sections=("data", "annotate"), run=run
 )

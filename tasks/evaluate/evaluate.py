@@ -123,6 +123,6 @@ STAGE = StageDef(
     name="evaluate",
     outputs=(SCOREBOARD,),
     upstream=("ingest", "retrain"),
-    sections=("data", "model", "evaluate"),
+    sections=("data", "evaluate"),
     run=run,
 )

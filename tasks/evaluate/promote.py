@@ -1,5 +1,5 @@
 """Promotion gate: the candidate becomes `champion` only if its held-out primary metric beats the turn's starting
-model by more than `evaluate.min_delta`. The decision, both scores and the reason are recorded (table + MLflow).
+model by more than `promote.min_delta`. The decision, both scores and the reason are recorded (table + MLflow).
 If the champion moved while this turn ran, nothing is promoted: the comparison would be against a stale model.
 A rerun never moves the alias twice (the stage's batch is recorded once).
 
@@ -42,7 +42,7 @@ def decide(start_score: float, candidate_score: float, min_delta: float) -> tupl
 
 def run(ctx: StageContext) -> StageOutput:
     evaluation = ctx.upstream_summary("evaluate")
-    metric = ctx.settings.evaluate.primary_metric
+    metric = ctx.settings.promote.primary_metric
     start_score, candidate_score = evaluation["metrics"][f"start_{metric}"], evaluation["metrics"][f"candidate_{metric}"]
     start, candidate = evaluation["start_version"], evaluation["candidate_version"]
     champion = ctx.registry.champion().version
@@ -51,7 +51,7 @@ def run(ctx: StageContext) -> StageOutput:
     elif champion != start:
         promoted, reason = False, f"champion moved to v{champion} during this turn; rerun the turn from it"
     else:
-        promoted, reason = decide(start_score, candidate_score, ctx.settings.evaluate.min_delta)
+        promoted, reason = decide(start_score, candidate_score, ctx.settings.promote.min_delta)
         if promoted:
             ctx.registry.set_alias(CHAMPION, candidate)
     row = {
@@ -65,5 +65,5 @@ def run(ctx: StageContext) -> StageOutput:
 
 
 STAGE = StageDef(
-    name="promote", outputs=(PROMOTIONS,), upstream=("evaluate",), sections=("evaluate",), run=run, uses_model=False
+    name="promote", outputs=(PROMOTIONS,), upstream=("evaluate",), sections=("promote",), run=run, uses_model=False
 )

@@ -81,7 +81,7 @@ def ingest_semanlink(min_comment_chars: int, min_title_chars: int) -> tuple[list
     for doc in docs:
         paper = arxiv.get(doc["document"], {})
         abstract = paper.get("arxiv_summary") or doc.get("arxiv_summary") or ""
-        comment = doc.get("comment") or ""
+        comment = (doc.get("comment") or "").strip()
         title = _ARXIV_PREFIX.sub("", doc.get("title") or "").strip()
         if not (abstract or len(comment) >= min_comment_chars) or len(title) < min_title_chars:
             continue
@@ -91,7 +91,7 @@ def ingest_semanlink(min_comment_chars: int, min_title_chars: int) -> tuple[list
                 "source": "semanlink-arxiv" if abstract else "semanlink-bookmark",
                 "title": title,
                 "abstract": " ".join(abstract.split()),
-                "comment": comment.strip(),
+                "comment": comment,
                 "tags": [(tags.get(t, {}).get("prefLabel") or [t.rsplit("/", 1)[-1]])[0] for t in doc.get("tag", [])],
             }
         )

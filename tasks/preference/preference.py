@@ -103,6 +103,6 @@ STAGE = StageDef(
     name="preference",
     outputs=(RESPONSES, PAIRS),
     upstream=("ingest",),
-    sections=("data", "model", "preference"),
+    sections=("data", "preference"),
     run=run,
 )

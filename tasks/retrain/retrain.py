@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from stores.registry import CANDIDATE, WEIGHTS, sha256_file
 from stores.schema import Column, TableSpec
@@ -51,11 +52,13 @@ def phase_steps(phases: list[pd.DataFrame], max_steps: int) -> list[int]:
     return [max(1, round(max_steps * len(p) / total)) for p in phases]
 
 
-def _trainer_args(config_cls, out: Path, steps: int, batch: int, lr: float, seed: int, max_length: int, **extra):
+def _trainer_args(config_cls, out: Path, steps: int, phase, cfg: Retrain, seed: int, **extra):
+    """TRL config for one phase (`phase` is the Sft or Dpo section)."""
     return config_cls(
-        output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, learning_rate=lr, seed=seed,
-        data_seed=seed, max_length=max_length, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
-        lr_scheduler_type="constant", warmup_steps=0, **extra,
+        output_dir=str(out), max_steps=steps, per_device_train_batch_size=phase.batch_size,
+        gradient_accumulation_steps=phase.gradient_accumulation, learning_rate=phase.learning_rate, seed=seed,
+        data_seed=seed, max_length=cfg.max_length, bf16=cfg.bf16, logging_steps=1, save_strategy="no",
+        report_to="none", use_cpu=not torch.cuda.is_available(), lr_scheduler_type="constant", **extra,
     )
 
 
@@ -72,7 +75,7 @@ def train(start_path: Path, phases: list[pd.DataFrame], pairs: pd.DataFrame, cfg
         data = Dataset.from_list(
             [{"prompt": p, "completion": [{"role": "assistant", "content": t}]} for p, t in zip(phase["prompt"], phase["target"])]
         )
-        args = _trainer_args(SFTConfig, out / f"sft-{number}", steps, cfg.sft.batch_size, cfg.sft.learning_rate, seed, cfg.max_length)
+        args = _trainer_args(SFTConfig, out / f"sft-{number}", steps, cfg.sft, cfg, seed)
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
         trainer.train()
         model = trainer.model
@@ -84,10 +87,7 @@ def train(start_path: Path, phases: list[pd.DataFrame], pairs: pd.DataFrame, cfg
                 for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"])
             ]
         )
-        args = _trainer_args(
-            DPOConfig, out / "dpo", cfg.dpo.max_steps, cfg.dpo.batch_size, cfg.dpo.learning_rate, seed, cfg.max_length,
-            beta=cfg.dpo.beta,
-        )
+        args = _trainer_args(DPOConfig, out / "dpo", cfg.dpo.max_steps, cfg.dpo, cfg, seed, beta=cfg.dpo.beta)
         trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
         trainer.train()
         model = trainer.model

@@ -97,5 +97,5 @@ def run(ctx: StageContext) -> StageOutput:
 
 
 STAGE = StageDef(
-    name="rewrite", outputs=(REWRITES,), upstream=("ingest",), sections=("data", "model", "rewrite"), run=run
+    name="rewrite", outputs=(REWRITES,), upstream=("ingest",), sections=("data", "rewrite"), run=run
 )

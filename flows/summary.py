@@ -1,0 +1,57 @@
+"""The end-of-turn summary: rows in/out per stage, noise dropped, pairs made, the held-out scoreboard of the starting
+and retrained models, the promotion decision, and how to open the MLflow UI."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _note(stage: str, m: dict, summary: dict) -> str:
+    if stage == "ingest":
+        return f"{m.get('items_train', 0)} train / {m.get('items_human', 0)} human / {m.get('items_heldout', 0)} held-out"
+    if stage == "annotate":
+        return f"mean token log-prob {m.get('mean_logprob', float('nan')):.2f}"
+    if stage == "denoise":
+        return f"noise dropped {m.get('dropped', 0)}, kept {m.get('kept', 0)}"
+    if stage == "preference":
+        return f"{m.get('pairs', 0)} pairs from {m.get('responses', 0)} responses"
+    if stage == "rewrite":
+        before = next((v for k, v in m.items() if k.endswith("_original")), float("nan"))
+        after = next((v for k, v in m.items() if k.endswith("_rewritten")), float("nan"))
+        return f"tag precision {before:.2f} (original) → {after:.2f} (with rewrite)"
+    if stage == "retrain":
+        return (f"v{summary.get('candidate_version')}: SFT {m.get('sft_synthetic', 0)} synthetic + "
+                f"{m.get('sft_human', 0)} human, DPO {m.get('dpo_pairs', 0)} pairs")
+    if stage == "promote":
+        return summary.get("reason", "")
+    return ""
+
+
+def print_turn(results: list[dict], ui_command: str, console: Console | None = None) -> None:
+    console = console or Console(width=None if sys.stdout.isatty() else 140)
+    turn = results[-1]["turn"]
+    stages = Table(title=f"Flywheel turn {turn}", title_justify="left")
+    for column in ("stage", "rows in", "rows out", "quarantined", "seconds", "LLM calls", "notes"):
+        stages.add_column(column, justify="left" if column in ("stage", "notes") else "right")
+    for r in results:
+        seconds = f"{r['seconds']:.1f}" + (" (cached)" if r["cached"] else "")
+        stages.add_row(r["stage"], str(r["rows_in"]), str(r["rows_out"]), str(r["quarantined"]), seconds,
+                       str(r["llm_calls"]), _note(r["stage"], r["metrics"], r["summary"]))
+    console.print(stages)
+
+    evaluation = next(r for r in results if r["stage"] == "evaluate")
+    m, s = evaluation["metrics"], evaluation["summary"]
+    board = Table(title=f"Held-out scoreboard ({int(m['items'])} items never trained on)", title_justify="left")
+    for column in ("metric", f"start v{s['start_version']}", f"retrained v{s['candidate_version']}", "delta [95% CI]"):
+        board.add_column(column, justify="left" if column == "metric" else "right")
+    for metric in ("rouge_l", "minilm_sim"):
+        board.add_row(metric, f"{m[f'start_{metric}']:.4f}", f"{m[f'candidate_{metric}']:.4f}",
+                      f"{m[f'delta_{metric}']:+.4f} [{m[f'delta_{metric}_ci_low']:+.4f}, {m[f'delta_{metric}_ci_high']:+.4f}]")
+    console.print(board)
+    promotion = next(r for r in results if r["stage"] == "promote")["summary"]
+    verdict = "promoted to champion" if promotion["promoted"] else "not promoted"
+    console.print(f"Candidate v{promotion['candidate_version']} {verdict} ({promotion['metric']}): {promotion['reason']}")
+    console.print(f"MLflow UI: {ui_command}")

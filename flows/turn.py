@@ -1,0 +1,58 @@
+"""Prefect flows: `flywheel_turn` runs one turn, one task per stage; `flywheel` runs N turns, each starting from the
+model that is `champion` when it starts. Every task calls `tasks.runner.run_stage`, the same function as
+`flywheel stage NAME` and the `dvc.yaml` cmds, so the three ways to run a stage cannot drift apart.
+
+Run: `flywheel run --turns 1` (or `python -m flows.turn`). Without PREFECT_API_URL Prefect runs in ephemeral mode
+(no server to start); with it, runs are recorded on that server. Stages that generate, score or train are tagged
+`gpu`, the rest `cpu`, for work-pool routing. Prefect's own task cache is off: the store records finished batches,
+so a rerun or a resumed turn skips finished stages without a model call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from tasks.config import load_settings
+from tasks.runner import STAGES, run_stage
+
+
+def _stage_task(name: str):
+    @task(name=name, tags=["gpu" if STAGES[name].uses_model else "cpu"], cache_policy=NO_CACHE)
+    def stage(params: str, turn: int) -> dict:
+        tags = {"prefect.flow_run_id": str(flow_run.get_id() or "")}
+        return asdict(run_stage(name, load_settings(params), turn, tags))
+
+    return stage
+
+
+ingest, annotate, denoise, preference, rewrite, retrain, evaluate, promote = (
+    _stage_task(name) for name in ("ingest", "annotate", "denoise", "preference", "rewrite", "retrain", "evaluate", "promote")
+)
+assert set(STAGES) == {"ingest", "annotate", "denoise", "preference", "rewrite", "retrain", "evaluate", "promote"}
+
+
+@flow(name="flywheel_turn", log_prints=True)
+def flywheel_turn(turn: int = 1, params: str = "params.yaml") -> list[dict]:
+    return [
+        ingest(params, turn),
+        annotate(params, turn),
+        denoise(params, turn),
+        preference(params, turn),
+        rewrite(params, turn),
+        retrain(params, turn),
+        evaluate(params, turn),
+        promote(params, turn),
+    ]
+
+
+@flow(name="flywheel", log_prints=True)
+def flywheel(turns: int = 1, first_turn: int = 1, params: str = "params.yaml") -> list[list[dict]]:
+    return [flywheel_turn(turn=turn, params=params) for turn in range(first_turn, first_turn + turns)]
+
+
+if __name__ == "__main__":
+    flywheel()

@@ -1,0 +1,42 @@
+"""A throwaway flywheel project for tests: small params in a folder of its own (store, exports, MLflow), sharing the
+repository's converted-model cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A turn small enough for CI: 8 train items, 4 held-out, a few training steps.
+TINY = {
+    "seed": 13,
+    "paths": {"models": str(REPO / ".cache" / "models")},
+    "data": {"max_signal_chars": 300},
+    "model": {"batch_size": 8},
+    "annotate": {"items_per_turn": 8},
+    "preference": {"prompts_per_turn": 4, "responses_per_prompt": 3},
+    "rewrite": {"queries_per_turn": 4},
+    "retrain": {
+        "sft": {"max_steps": 2, "batch_size": 4, "human_items_per_turn": 4},
+        "dpo": {"max_steps": 1, "batch_size": 2, "gradient_accumulation": 1},
+    },
+    "evaluate": {"items": 4},
+}
+
+
+def write_params(folder: Path, overrides: dict | None = None) -> Path:
+    """The repository's params.yaml (every key DVC tracks) with the TINY sizes and any overrides on top."""
+    params = _merge(_merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY), overrides or {})
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        nested = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if nested else value
+    return merged

@@ -1,0 +1,75 @@
+"""The generation backend and the LLM-call cache, on the real packaged model (a few tokens each)."""
+
+from stores.llm_cache import LLMCallCache
+from stores.registry import ModelRef
+from stores.store import Store
+from tasks.config import Sampling
+from tasks.llm.cached import CachedLLM
+
+SHORT = [{"role": "user", "content": "Write a title for: a tutorial on graph neural networks."}]
+LONG = [{"role": "user", "content": "Write a one-line title for a long survey of retrieval-augmented generation, "
+                                    "knowledge graphs, and language models as knowledge bases. " * 3}]
+SAMPLED = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=12)
+GREEDY = Sampling(temperature=0.0, max_new_tokens=12)
+
+
+def test_a_completion_depends_on_prompt_and_seed_not_on_the_batch(backend):
+    alone = backend.generate([SHORT], SAMPLED, [7])[0]
+    batched = backend.generate([LONG, SHORT, LONG], SAMPLED, [1, 7, 3])[1]
+    assert alone.token_ids == batched.token_ids
+    other_seed = backend.generate([SHORT, SHORT], SAMPLED, [8, 9])
+    assert {tuple(g.token_ids) for g in other_seed} != {tuple(alone.token_ids)}
+
+
+def test_scoring_agrees_with_the_generation_log_probs(backend):
+    generation = backend.generate([SHORT], Sampling(temperature=0.0, max_new_tokens=40), [0])[0]
+    assert generation.finished and generation.token_ids[-1] == backend.eos_id
+    scored = backend.score([SHORT, LONG], [generation.text, generation.text])[0]
+    assert len(scored.token_logprobs) == len(generation.token_logprobs)
+    assert max(abs(a - b) for a, b in zip(scored.token_logprobs, generation.token_logprobs)) < 1e-3
+
+
+class CountingBackend:
+    """Wraps the real backend and counts the prompts that reach it."""
+
+    def __init__(self, real):
+        self.real, self.batch_size, self.prompts = real, 2, 0
+
+    def generate(self, prompts, sampling, seeds):
+        self.prompts += len(prompts)
+        return self.real.generate(prompts, sampling, seeds)
+
+    def score(self, prompts, completions):
+        self.prompts += len(prompts)
+        return self.real.score(prompts, completions)
+
+    def completion_token_ids(self, completion):
+        return self.real.completion_token_ids(completion)
+
+
+def test_cached_calls_never_reach_the_model_twice(backend, tmp_path):
+    counting = CountingBackend(backend)
+    model = ModelRef("flywheel-policy", 1, "fingerprint-for-test", tmp_path)
+    with Store.open(tmp_path / "s.duckdb") as store:
+        llm = CachedLLM(lambda ref: counting, LLMCallCache(store.con), model, progress=False)
+        first = llm.generate([SHORT, LONG, SHORT], SAMPLED, [1, 2, 1], desc="test")
+        assert counting.prompts == 2  # the duplicate request is sent once
+        again = CachedLLM(lambda ref: counting, LLMCallCache(store.con), model, progress=False)
+        assert again.generate([SHORT, LONG, SHORT], SAMPLED, [1, 2, 1], desc="test") == first
+        assert again.calls == 0 and counting.prompts == 2
+        greedy = llm.generate([SHORT], GREEDY, [1], desc="test")
+        assert llm.generate([SHORT], GREEDY, [99], desc="test") == greedy  # seeds do not matter when greedy
+        assert counting.prompts == 3
+
+
+def test_a_finished_generation_answers_its_own_scoring_request(backend, tmp_path):
+    counting = CountingBackend(backend)
+    model = ModelRef("flywheel-policy", 1, "fingerprint-for-test", tmp_path)
+    with Store.open(tmp_path / "s.duckdb") as store:
+        llm = CachedLLM(lambda ref: counting, LLMCallCache(store.con), model, progress=False)
+        generation = llm.generate([SHORT], Sampling(temperature=0.0, max_new_tokens=40), [0], desc="test")[0]
+        assert generation.finished
+        scored = llm.score([SHORT], [generation.text], desc="test")[0]
+        assert counting.prompts == 1 and scored.token_logprobs == generation.token_logprobs
+        llm.score([SHORT], [generation.text + " (edited)"], desc="test")
+        assert counting.prompts == 2

@@ -1,0 +1,106 @@
+"""Pure stage logic on hand-made tables (no model): noise tail, pair selection, rules, fusion, metrics, gates."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stores.index import reciprocal_rank_fusion
+from tasks.denoise.denoise import mark_tail, tail_threshold
+from tasks.evaluate.evaluate import rouge_l, summarize
+from tasks.evaluate.promote import decide
+from tasks.preference.preference import make_pairs
+from tasks.preference.scorer import rule_violations
+from tasks.retrain.retrain import phase_steps, sft_phases
+from tasks.rewrite.rewrite import tag_precision
+
+
+def test_the_noisy_tail_is_marked_not_deleted():
+    scores = np.array([0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 3.0, 4.0])
+    threshold = tail_threshold(scores, 0.2)
+    annotations = pd.DataFrame({"item_id": list("abcdefghij"), "candidate": 0, "caption": "x"})
+    marked = mark_tail(annotations, scores, threshold)
+    assert len(marked) == 10
+    assert list(marked.loc[~marked["kept"], "item_id"]) == ["i", "j"]
+    assert all(marked.loc[~marked["kept"], "reason"].str.contains("top tail"))
+    assert tail_threshold(scores, 0.0) == float("inf") and mark_tail(annotations, scores, float("inf"))["kept"].all()
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Graph Neural Networks: A Practical Guide", []),
+        ("The title is \"A Guide\"", ["restates_instruction"]),
+        ("short", ["too_short"]),
+        ("A title\nand a second line", ["multi_line"]),
+        ("deep deep deep deep deep learning learning", ["repetitive"]),
+        ("x" * 200, ["too_long"]),
+    ],
+)
+def test_format_rules(text, expected):
+    assert rule_violations(text, min_chars=8, max_chars=160) == expected
+
+
+def test_pairs_take_best_and_worst_and_skip_unclear_ones():
+    responses = pd.DataFrame(
+        {
+            "item_id": ["a", "a", "a", "b", "b", "c", "c"],
+            "response_idx": [0, 1, 2, 0, 1, 0, 1],
+            "text": ["good", "bad", "mid", "close one", "close two", "rule breaker", "worse"],
+            "violations": ["", "too_short", "", "", "", "multi_line", ""],
+            "score": [0.8, 0.1, 0.5, 0.50, 0.52, 0.9, 0.2],
+        }
+    )
+    pairs = make_pairs(responses, min_score_gap=0.05)
+    assert list(pairs["item_id"]) == ["a"]  # b: gap below threshold; c: the best breaks a rule
+    assert (pairs.loc[0, "chosen"], pairs.loc[0, "rejected"]) == ("good", "bad")
+    assert pairs.loc[0, "gap"] == pytest.approx(0.7)
+
+
+def test_reciprocal_rank_fusion_by_hand():
+    fused = reciprocal_rank_fusion([["a", "b", "c"], ["b", "c", "d"]], k=1)
+    # a: 1/2; b: 1/3 + 1/2; c: 1/4 + 1/3; d: 1/4
+    assert fused == ["b", "c", "a", "d"]
+
+
+def test_tag_precision():
+    tags = {"d1": {"nlp"}, "d2": {"vision"}, "d3": {"nlp", "kg"}}
+    assert tag_precision(["d1", "d2", "d3"], {"nlp"}, tags) == pytest.approx(2 / 3)
+    assert tag_precision([], {"nlp"}, tags) == 0.0
+
+
+def test_rouge_l_by_hand():
+    # LCS("graph neural networks guide", "a guide to graph networks") = "graph networks" (2 tokens):
+    # precision 2/4, recall 2/5, F1 = 2PR/(P+R) = 4/9
+    assert rouge_l("graph neural networks guide", "a guide to graph networks") == pytest.approx(4 / 9)
+    assert rouge_l("", "anything") == 0.0
+
+
+def test_scoreboard_summary_pairs_items():
+    board = pd.DataFrame(
+        {
+            "item_id": ["a", "b", "a", "b"],
+            "role": ["start", "start", "candidate", "candidate"],
+            "rouge_l": [0.1, 0.3, 0.4, 0.4],
+            "minilm_sim": [0.5, 0.5, 0.5, 0.7],
+        }
+    )
+    summary = summarize(board, seed=0, resamples=200)
+    assert summary["start_rouge_l"] == pytest.approx(0.2) and summary["candidate_rouge_l"] == pytest.approx(0.4)
+    assert summary["delta_rouge_l"] == pytest.approx(0.2)
+    assert 0.1 - 1e-9 <= summary["delta_rouge_l_ci_low"] <= summary["delta_rouge_l_ci_high"] <= 0.3 + 1e-9
+
+
+def test_promotion_gate():
+    assert decide(0.30, 0.31, min_delta=0.0)[0]
+    assert not decide(0.30, 0.30, min_delta=0.0)[0]
+    assert not decide(0.30, 0.305, min_delta=0.01)[0]
+
+
+def test_human_refinement_comes_last_by_default():
+    synthetic = pd.DataFrame({"target": ["s1", "s2", "s3"]})
+    human = pd.DataFrame({"target": ["h1"]})
+    phases = sft_phases(synthetic, human, "after")
+    assert [list(p["target"]) for p in phases] == [["s1", "s2", "s3"], ["h1"]]
+    assert [list(p["target"]) for p in sft_phases(synthetic, human, "before")] == [["h1"], ["s1", "s2", "s3"]]
+    assert len(sft_phases(synthetic, human.iloc[0:0], "after")) == 1
+    assert phase_steps(phases, 8) == [6, 2]

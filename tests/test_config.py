@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+
+from tasks.config import ConfigError, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_repository_params_file_is_valid():
+    settings = load_settings(REPO / "params.yaml")
+    assert settings.root == REPO
+    assert settings.path("store") == REPO / "data" / "flywheel.duckdb"
+
+
+def test_unknown_key_names_the_file_and_the_field(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("annotate:\n  candidats: 2\n")
+    with pytest.raises(ConfigError) as error:
+        load_settings(path)
+    assert str(path) in str(error.value) and "annotate.candidats" in str(error.value)
+
+
+def test_out_of_range_value_is_refused(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("denoise:\n  drop_quantile: 1.5\n")
+    with pytest.raises(ConfigError, match="denoise.drop_quantile"):
+        load_settings(path)
+
+
+def test_splits_must_leave_a_train_pool(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("data:\n  heldout_fraction: 0.45\n  human_fraction: 0.4\n")
+    with pytest.raises(ConfigError, match="at least 20%"):
+        load_settings(path)
+
+
+@pytest.mark.parametrize("text", ["seed: [unclosed\n", "- a list\n"])
+def test_malformed_yaml_is_a_config_error(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=str(path)):
+        load_settings(path)
+
+
+def test_section_hash_changes_only_with_its_sections(tmp_path):
+    base = tmp_path / "a.yaml"
+    base.write_text("denoise: {drop_quantile: 0.2}\n")
+    changed = tmp_path / "b.yaml"
+    changed.write_text("denoise: {drop_quantile: 0.3}\n")
+    a, b = load_settings(base), load_settings(changed)
+    assert a.section_hash("denoise") != b.section_hash("denoise")
+    assert a.section_hash("annotate", "data") == b.section_hash("annotate", "data")
+
+
+def test_the_cli_reports_a_bad_params_file_without_a_traceback(tmp_path, capsys):
+    from flows.cli import main
+
+    path = tmp_path / "params.yaml"
+    path.write_text("evaluate: {items: 0}\n")
+    assert main(["--params", str(path), "stage", "ingest"]) == 2
+    assert "evaluate.items" in capsys.readouterr().err

@@ -1,0 +1,157 @@
+"""One whole turn on a small slice (8 train items, 4 held-out) with the real model, through the Prefect flow; then
+what must hold afterwards: lineage, no held-out leakage, MLflow runs and registry, a free rerun, and DVC."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.project import REPO, write_params
+
+pytestmark = pytest.mark.integration
+
+MODEL_STAGES = ("annotate", "preference", "rewrite", "evaluate")
+
+
+@pytest.fixture(scope="module")
+def turn(tmp_path_factory):
+    from flows.turn import flywheel
+    from tasks.config import load_settings
+
+    folder = tmp_path_factory.mktemp("project")
+    params = write_params(folder)
+    results = flywheel(turns=1, params=str(params))[0]
+    return load_settings(params), results
+
+
+def _tables(settings):
+    from stores.store import Store
+    from tasks.runner import STAGES
+
+    with Store.open(settings.path("store")) as store:
+        return {spec.name: store.read(spec.name) for stage in STAGES.values() for spec in stage.outputs}
+
+
+def test_every_stage_ran_through_prefect_and_produced_rows(turn):
+    from tasks.runner import STAGES
+
+    _, results = turn
+    assert [r["stage"] for r in results] == list(STAGES)
+    assert not any(r["cached"] for r in results)
+    assert all(r["rows_out"] > 0 for r in results), [(r["stage"], r["rows_out"]) for r in results]
+    assert all(r["llm_calls"] > 0 for r in results if r["stage"] in MODEL_STAGES)
+    evaluation = next(r for r in results if r["stage"] == "evaluate")["metrics"]
+    assert evaluation["items"] == 4 and 0 <= evaluation["start_rouge_l"] <= 1
+
+
+def test_rows_carry_lineage_and_the_heldout_split_is_never_trained_on(turn):
+    settings, _ = turn
+    tables = _tables(settings)
+    for name, frame in tables.items():
+        for column in ("stage", "model_version", "run_id", "params_hash", "batch_id", "created_at"):
+            assert frame[column].notna().all(), f"{name}.{column} has nulls"
+    assert len(set().union(*(set(frame["run_id"]) for frame in tables.values()))) == 1  # the turn's MLflow run
+    items = tables["items"]
+    heldout = set(items.loc[items["split"] == "heldout", "item_id"])
+    for name in ("annotations", "denoised", "responses", "pairs", "rewrites", "training_examples"):
+        assert not heldout & set(tables[name]["item_id"]), f"held-out item in {name}"
+    assert set(tables["scoreboard"]["item_id"]) <= heldout
+    human = set(items.loc[items["split"] == "human", "item_id"])
+    trained = tables["training_examples"]
+    assert set(trained.loc[trained["kind"] == "sft-human", "item_id"]) <= human
+
+
+def test_mlflow_shows_the_turn_its_stages_and_the_registered_versions(turn):
+    from mlflow import MlflowClient
+
+    from stores import tracking
+
+    settings, results = turn
+    experiment = tracking.configure(settings.path("mlflow"), settings.experiment)
+    client = MlflowClient()
+    [parent] = client.search_runs([experiment], "tags.`flywheel.turn_key` = 'turn-1'")
+    assert set(_tables(settings)["annotations"]["run_id"]) == {parent.info.run_id}
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["flywheel.stage"] for r in children) == sorted(r["stage"] for r in results)
+    assert "heldout_start_rouge_l" in parent.data.metrics and "heldout_candidate_rouge_l" in parent.data.metrics
+    by_stage = {r.data.tags["flywheel.stage"]: r.info.run_id for r in children}
+    assert "noise_scores.png" in [a.path for a in client.list_artifacts(by_stage["denoise"])]
+    assert "scoreboard.png" in [a.path for a in client.list_artifacts(by_stage["evaluate"])]
+    versions = sorted(int(v.version) for v in client.search_model_versions("name = 'flywheel-policy'"))
+    assert versions == [1, 2]
+    promoted = next(r for r in results if r["stage"] == "promote")["summary"]["promoted"]
+    champion = client.get_model_version_by_alias("flywheel-policy", "champion")
+    assert int(champion.version) == (2 if promoted else 1)
+    assert int(client.get_model_version_by_alias("flywheel-policy", "candidate").version) == 2
+
+
+def test_rerunning_the_finished_turn_makes_no_model_call(turn, monkeypatch):
+    import tasks.runner as runner
+    from stores.llm_cache import LLMCallCache
+    from stores.store import Store
+
+    settings, _ = turn
+    before = {name: len(frame) for name, frame in _tables(settings).items()}
+    with Store.open(settings.path("store")) as store:
+        calls_before = LLMCallCache(store.con).count()
+
+    def no_model(*args):
+        raise AssertionError("a rerun must not load the model")
+
+    monkeypatch.setattr(runner, "_backend", no_model)
+    results = [runner.run_stage(name, settings, 1) for name in runner.STAGES]
+    assert all(r.cached and r.llm_calls == 0 for r in results)
+    assert {name: len(frame) for name, frame in _tables(settings).items()} == before
+    with Store.open(settings.path("store")) as store:
+        assert LLMCallCache(store.con).count() == calls_before
+
+
+def test_exports_and_metrics_are_written_for_dvc(turn):
+    import pandas as pd
+
+    settings, results = turn
+    tables = _tables(settings)
+    for name, frame in tables.items():
+        exported = pd.read_parquet(settings.path("exports") / f"{name}.parquet")
+        assert len(exported) == len(frame)
+    for result in results:
+        metrics = json.loads((settings.path("metrics") / f"{result['stage']}.json").read_text())
+        assert metrics["rows_out"] == result["rows_out"]
+
+
+def test_dvc_repro_reuses_the_turn_and_a_param_change_reruns_only_its_dependents(turn):
+    settings, _ = turn
+    folder = settings.root
+    for name in ("tasks", "stores", "flows"):
+        shutil.copytree(REPO / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", folder / "dvc.yaml")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    dvc = [str(Path(sys.executable).parent / "dvc")]
+
+    def run(*args):
+        done = subprocess.run(dvc + list(args), cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    run("init", "--no-scm")
+    output = run("repro")
+    assert output.count("[cached]") == 8  # every stage found its batch in the store: nothing recomputed
+    assert "up to date" in run("status")
+
+    def rerun_after(section, key, value):
+        """Change one param, `dvc repro`, and return the stages DVC ran."""
+        params = yaml.safe_load((folder / "params.yaml").read_text())
+        params[section][key] = value
+        (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        return set(re.findall(r"Running stage '(\w+)'", run("repro")))
+
+    assert rerun_after("promote", "min_delta", 0.5) == {"promote"}
+    assert rerun_after("denoise", "drop_quantile", 0.4) == {"denoise", "retrain", "evaluate", "promote"}
