@@ -60,22 +60,49 @@ def main() -> None:
     for row in rows:
         started = time.perf_counter()
         again = run_stage(row["stage"], settings, 1)
-        row |= {"rerun_s": time.perf_counter() - started, "rerun_llm_calls": again.llm_calls, "rerun_cached": again.cached}
+        row |= {
+            "rerun_s": time.perf_counter() - started,
+            "rerun_llm_calls": again.llm_calls,
+            "rerun_cached": again.cached,
+        }
 
     cold_total, rerun_total = sum(r["cold_s"] for r in rows), sum(r["rerun_s"] for r in rows)
     table = Table(title=f"Turn cost ({n} train items, {args.heldout_items} held-out), {folder}")
     for column in ("stage", "cold s", "LLM calls", "rerun s", "LLM calls on rerun", "speed-up"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for r in rows:
-        table.add_row(r["stage"], f"{r['cold_s']:.2f}", str(r["cold_llm_calls"]), f"{r['rerun_s']:.2f}",
-                      str(r["rerun_llm_calls"]), f"{r['cold_s'] / r['rerun_s']:.0f}x")
-    table.add_row("turn", f"{cold_total:.1f}", str(sum(r["cold_llm_calls"] for r in rows)), f"{rerun_total:.2f}",
-                  str(sum(r["rerun_llm_calls"] for r in rows)), f"{cold_total / rerun_total:.0f}x")
+        table.add_row(
+            r["stage"],
+            f"{r['cold_s']:.2f}",
+            str(r["cold_llm_calls"]),
+            f"{r['rerun_s']:.2f}",
+            str(r["rerun_llm_calls"]),
+            f"{r['cold_s'] / r['rerun_s']:.0f}x",
+        )
+    table.add_row(
+        "turn",
+        f"{cold_total:.1f}",
+        str(sum(r["cold_llm_calls"] for r in rows)),
+        f"{rerun_total:.2f}",
+        str(sum(r["rerun_llm_calls"] for r in rows)),
+        f"{cold_total / rerun_total:.0f}x",
+    )
     Console(width=120).print(table)
     out = REPO / "bench" / "results" / "turn.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"train_items": n, "heldout_items": args.heldout_items, "stages": rows,
-                               "cold_s": cold_total, "rerun_s": rerun_total}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "train_items": n,
+                "heldout_items": args.heldout_items,
+                "stages": rows,
+                "cold_s": cold_total,
+                "rerun_s": rerun_total,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
 
 

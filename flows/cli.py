@@ -1,9 +1,9 @@
 """The `flywheel` command.
 
-  flywheel run [--turns N] [--first-turn K]   N turns through the Prefect flow, then the summary
-  flywheel stage NAME [--turn K]              one stage (what each dvc.yaml cmd runs)
-  flywheel summary [--turn K]                 the summary of a finished turn, from the store
-  flywheel setup                              register the packaged model as champion (done on first use anyway)
+flywheel run [--turns N] [--first-turn K]   N turns through the Prefect flow, then the summary
+flywheel stage NAME [--turn K]              one stage (what each dvc.yaml cmd runs)
+flywheel summary [--turn K]                 the summary of a finished turn, from the store
+flywheel setup                              register the packaged model as champion (done on first use anyway)
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flywheel: {error}", file=sys.stderr)
         return 2
 
-    from stores import tracking
     from flows.summary import print_turn
+    from stores import tracking
 
     ui = tracking.ui_command(settings.path("mlflow"))
     if args.command == "run":
@@ -55,8 +55,10 @@ def main(argv: list[str] | None = None) -> int:
 
         result = run_stage(args.name, settings, args.turn or settings.turn)
         state = "cached" if result.cached else f"{result.seconds:.1f} s, {result.llm_calls} LLM calls"
-        print(f"{result.stage} (turn {result.turn}): {result.rows_in} in, {result.rows_out} out, "
-              f"{result.quarantined} quarantined [{state}]")
+        print(
+            f"{result.stage} (turn {result.turn}): {result.rows_in} in, {result.rows_out} out, "
+            f"{result.quarantined} quarantined [{state}]"
+        )
     elif args.command == "summary":
         from tasks.runner import recorded_turn
 

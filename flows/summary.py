@@ -11,7 +11,9 @@ from rich.table import Table
 
 def _note(stage: str, m: dict, summary: dict) -> str:
     if stage == "ingest":
-        return f"{m.get('items_train', 0)} train / {m.get('items_human', 0)} human / {m.get('items_heldout', 0)} held-out"
+        return (
+            f"{m.get('items_train', 0)} train / {m.get('items_human', 0)} human / {m.get('items_heldout', 0)} held-out"
+        )
     if stage == "annotate":
         return f"mean token log-prob {m.get('mean_logprob', float('nan')):.2f}"
     if stage == "denoise":
@@ -23,8 +25,10 @@ def _note(stage: str, m: dict, summary: dict) -> str:
         after = next((v for k, v in m.items() if k.endswith("_rewritten")), float("nan"))
         return f"tag precision {before:.2f} (original) → {after:.2f} (with rewrite)"
     if stage == "retrain":
-        return (f"v{summary.get('candidate_version')}: SFT {m.get('sft_synthetic', 0)} synthetic + "
-                f"{m.get('sft_human', 0)} human, DPO {m.get('dpo_pairs', 0)} pairs")
+        return (
+            f"v{summary.get('candidate_version')}: SFT {m.get('sft_synthetic', 0)} synthetic + "
+            f"{m.get('sft_human', 0)} human, DPO {m.get('dpo_pairs', 0)} pairs"
+        )
     if stage == "promote":
         return summary.get("reason", "")
     return ""
@@ -38,8 +42,15 @@ def print_turn(results: list[dict], ui_command: str, console: Console | None = N
         stages.add_column(column, justify="left" if column in ("stage", "notes") else "right")
     for r in results:
         seconds = f"{r['seconds']:.1f}" + (" (cached)" if r["cached"] else "")
-        stages.add_row(r["stage"], str(r["rows_in"]), str(r["rows_out"]), str(r["quarantined"]), seconds,
-                       str(r["llm_calls"]), _note(r["stage"], r["metrics"], r["summary"]))
+        stages.add_row(
+            r["stage"],
+            str(r["rows_in"]),
+            str(r["rows_out"]),
+            str(r["quarantined"]),
+            seconds,
+            str(r["llm_calls"]),
+            _note(r["stage"], r["metrics"], r["summary"]),
+        )
     console.print(stages)
 
     evaluation = next(r for r in results if r["stage"] == "evaluate")
@@ -48,10 +59,16 @@ def print_turn(results: list[dict], ui_command: str, console: Console | None = N
     for column in ("metric", f"start v{s['start_version']}", f"retrained v{s['candidate_version']}", "delta [95% CI]"):
         board.add_column(column, justify="left" if column == "metric" else "right")
     for metric in ("rouge_l", "minilm_sim"):
-        board.add_row(metric, f"{m[f'start_{metric}']:.4f}", f"{m[f'candidate_{metric}']:.4f}",
-                      f"{m[f'delta_{metric}']:+.4f} [{m[f'delta_{metric}_ci_low']:+.4f}, {m[f'delta_{metric}_ci_high']:+.4f}]")
+        board.add_row(
+            metric,
+            f"{m[f'start_{metric}']:.4f}",
+            f"{m[f'candidate_{metric}']:.4f}",
+            f"{m[f'delta_{metric}']:+.4f} [{m[f'delta_{metric}_ci_low']:+.4f}, {m[f'delta_{metric}_ci_high']:+.4f}]",
+        )
     console.print(board)
     promotion = next(r for r in results if r["stage"] == "promote")["summary"]
     verdict = "promoted to champion" if promotion["promoted"] else "not promoted"
-    console.print(f"Candidate v{promotion['candidate_version']} {verdict} ({promotion['metric']}): {promotion['reason']}")
+    console.print(
+        f"Candidate v{promotion['candidate_version']} {verdict} ({promotion['metric']}): {promotion['reason']}"
+    )
     console.print(f"MLflow UI: {ui_command}")

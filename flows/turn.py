@@ -30,7 +30,8 @@ def _stage_task(name: str):
 
 
 ingest, annotate, denoise, preference, rewrite, retrain, evaluate, promote = (
-    _stage_task(name) for name in ("ingest", "annotate", "denoise", "preference", "rewrite", "retrain", "evaluate", "promote")
+    _stage_task(name)
+    for name in ("ingest", "annotate", "denoise", "preference", "rewrite", "retrain", "evaluate", "promote")
 )
 assert set(STAGES) == {"ingest", "annotate", "denoise", "preference", "rewrite", "retrain", "evaluate", "promote"}
 

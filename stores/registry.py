@@ -15,9 +15,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+
 import mlflow
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 CHAMPION, CANDIDATE = "champion", "candidate"
 WEIGHTS = "model.safetensors"

@@ -59,8 +59,6 @@ class TableSpec:
         return self.columns + LINEAGE
 
     def ddl(self) -> str:
-        cols = ", ".join(
-            f"{c.name} {c.sql_type}{'' if c.nullable else ' NOT NULL'}" for c in self.all_columns
-        )
+        cols = ", ".join(f"{c.name} {c.sql_type}{'' if c.nullable else ' NOT NULL'}" for c in self.all_columns)
         key = ", ".join(("batch_id", *self.key))
         return f"CREATE TABLE IF NOT EXISTS {self.name} ({cols}, PRIMARY KEY ({key}))"

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 import duckdb
 import pandas as pd
@@ -66,7 +66,7 @@ class StageRunRecord:
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class Store:
@@ -82,7 +82,7 @@ class Store:
 
     @classmethod
     @contextmanager
-    def open(cls, path: Path | str) -> Iterator["Store"]:
+    def open(cls, path: Path | str) -> Iterator[Store]:
         store = cls(path)
         try:
             yield store
@@ -163,9 +163,18 @@ class Store:
         self.con.execute(
             "INSERT OR IGNORE INTO stage_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                record.batch_id, record.stage, record.turn, record.model_version, record.params_hash,
-                record.run_id, record.rows_in, record.rows_out, record.quarantined, record.seconds,
-                json.dumps(record.summary, sort_keys=True, default=str), utc_now(),
+                record.batch_id,
+                record.stage,
+                record.turn,
+                record.model_version,
+                record.params_hash,
+                record.run_id,
+                record.rows_in,
+                record.rows_out,
+                record.quarantined,
+                record.seconds,
+                json.dumps(record.summary, sort_keys=True, default=str),
+                utc_now(),
             ],
         )
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils.time import get_current_time_millis
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.utils.time import get_current_time_millis
 
 TURN_KEY_TAG = "flywheel.turn_key"
 # What the user asked for, read before anything calls mlflow.set_tracking_uri (which writes this variable too).
@@ -48,9 +49,7 @@ def ui_command(mlflow_dir: Path) -> str:
 def turn_run(experiment_id: str, turn_key: str, turn: int, tags: dict[str, str]) -> str:
     """The parent run of a turn: found by its key (a resumed or rerun turn logs under the same run) or created."""
     client = MlflowClient()
-    existing = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{TURN_KEY_TAG}` = '{turn_key}'", max_results=1
-    )
+    existing = client.search_runs([experiment_id], filter_string=f"tags.`{TURN_KEY_TAG}` = '{turn_key}'", max_results=1)
     if existing:
         return existing[0].info.run_id
     run = client.create_run(experiment_id, run_name=f"turn-{turn}", tags={TURN_KEY_TAG: turn_key, **tags})
@@ -65,7 +64,7 @@ class RunHandle:
         self.client, self.run_id = client, run_id
 
     @classmethod
-    def of(cls, run_id: str) -> "RunHandle":
+    def of(cls, run_id: str) -> RunHandle:
         return cls(MlflowClient(), run_id)
 
     def log_params(self, params: dict) -> None:

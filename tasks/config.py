@@ -128,7 +128,7 @@ class Settings(Strict):
     root: Path = Field(Path("."), exclude=True)  # folder of params.yaml; relative paths resolve against it
 
     @model_validator(mode="after")
-    def _fractions_leave_a_train_pool(self) -> "Settings":
+    def _fractions_leave_a_train_pool(self) -> Settings:
         if self.data.heldout_fraction + self.data.human_fraction >= 0.8:
             raise ValueError("data.heldout_fraction + data.human_fraction must leave at least 20% to train on")
         return self

@@ -4,7 +4,11 @@ use the same prompt, so what the model is trained on is exactly what it is score
 
 from __future__ import annotations
 
-from tasks.llm.backend import Messages
+import pandas as pd
+
+from tasks.config import Sampling
+from tasks.llm.backend import Generation, Messages
+from tasks.stage import derive_seed
 
 CAPTION_SYSTEM = "You write short, precise titles for bookmarked documents."
 CAPTION_INSTRUCTION = "Write a one-line title for this document. Answer with the title only."
@@ -34,3 +38,17 @@ def caption_messages(item: dict, max_signal_chars: int) -> Messages:
 def first_line(text: str) -> str:
     """A caption is one line: the first non-empty line of the completion."""
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def sample_captions(
+    items: pd.DataFrame, llm, per_item: int, sampling: Sampling, max_signal_chars: int, seed: int, purpose: str
+) -> list[tuple[dict, int, Generation]]:
+    """`per_item` caption completions per item, each seeded by (seed, purpose, item, index): (item, index, gen)."""
+    jobs = [(item, index) for item in items.to_dict("records") for index in range(per_item)]
+    generations = llm.generate(
+        [caption_messages(item, max_signal_chars) for item, _ in jobs],
+        sampling,
+        [derive_seed(seed, purpose, item["item_id"], index) for item, index in jobs],
+        desc=purpose,
+    )
+    return [(item, index, generation) for (item, index), generation in zip(jobs, generations)]

@@ -124,8 +124,17 @@ def run_stage(name: str, settings: Settings, turn: int, tags: dict[str, str] | N
 def _result(record: StageRunRecord, turn: int, calls: int | None) -> StageResult:
     """calls is None when the batch was already in the store (nothing ran)."""
     return StageResult(
-        record.stage, turn, record.batch_id, record.rows_in, record.rows_out, record.quarantined, record.seconds,
-        cached=calls is None, llm_calls=calls or 0, metrics=record.summary.get("metrics", {}), summary=record.summary,
+        record.stage,
+        turn,
+        record.batch_id,
+        record.rows_in,
+        record.rows_out,
+        record.quarantined,
+        record.seconds,
+        cached=calls is None,
+        llm_calls=calls or 0,
+        metrics=record.summary.get("metrics", {}),
+        summary=record.summary,
     )
 
 
@@ -180,14 +189,23 @@ class _Run:
 
     def execute(self) -> tuple[StageRunRecord, int]:
         name, batch_id = self.stage.name, self.ids[self.stage.name]
-        parent = tracking.turn_run(self.experiment_id, f"turn-{self.turn}", self.turn, {"flywheel.turn": str(self.turn)})
+        parent = tracking.turn_run(
+            self.experiment_id, f"turn-{self.turn}", self.turn, {"flywheel.turn": str(self.turn)}
+        )
         params_hash = self.settings.section_hash(*self.stage.sections)
         run_tags = {"flywheel.batch_id": batch_id, "flywheel.turn": str(self.turn), **self.tags}
         with tracking.stage_run(self.experiment_id, parent, name, run_tags) as mlrun:
             ctx = StageContext(
-                settings=self.settings, store=self.store, turn=self.turn, batch_id=batch_id,
-                upstream={up: self.ids[up] for up in self.stage.upstream}, start_model=self.start_model,
-                registry=self.registry, mlrun=mlrun, turn_run=tracking.RunHandle.of(parent), llm_factory=self.llm,
+                settings=self.settings,
+                store=self.store,
+                turn=self.turn,
+                batch_id=batch_id,
+                upstream={up: self.ids[up] for up in self.stage.upstream},
+                start_model=self.start_model,
+                registry=self.registry,
+                mlrun=mlrun,
+                turn_run=tracking.RunHandle.of(parent),
+                llm_factory=self.llm,
                 upstream_summary=lambda up: self.store.stage_run(self.ids[up]).summary,
             )
             started = time.perf_counter()
@@ -204,8 +222,16 @@ class _Run:
                     rows_out += self.store.insert(spec, accepted, lineage)
                     quarantined += self.store.quarantine(name, spec.name, batch_id, parent, rejects)
                 record = StageRunRecord(
-                    batch_id, name, self.turn if self.stage.per_turn else None, model_label, params_hash, parent,
-                    output.rows_in, rows_out, quarantined, seconds,
+                    batch_id,
+                    name,
+                    self.turn if self.stage.per_turn else None,
+                    model_label,
+                    params_hash,
+                    parent,
+                    output.rows_in,
+                    rows_out,
+                    quarantined,
+                    seconds,
                     {"metrics": output.metrics, "llm_calls": calls, **output.summary},
                 )
                 self.store.record_stage_run(record)
@@ -234,8 +260,12 @@ def _export(store: Store, stage: StageDef, record: StageRunRecord, settings: Set
     metrics_path = settings.path("metrics") / f"{stage.name}.json"
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "turn": record.turn, "batch_id": record.batch_id, "rows_in": record.rows_in, "rows_out": record.rows_out,
-        "quarantined": record.quarantined, **record.summary.get("metrics", {}),
+        "turn": record.turn,
+        "batch_id": record.batch_id,
+        "rows_in": record.rows_in,
+        "rows_out": record.rows_out,
+        "quarantined": record.quarantined,
+        **record.summary.get("metrics", {}),
     }
     tmp = metrics_path.with_name(f".{metrics_path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")

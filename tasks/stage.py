@@ -6,9 +6,9 @@ batch ids, caching of finished batches, validation, quarantine, atomic writes, l
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable
 
 import pandas as pd
 
@@ -25,7 +25,7 @@ class StageDef:
     outputs: tuple[TableSpec, ...]
     upstream: tuple[str, ...]
     sections: tuple[str, ...]  # config sections in the params hash
-    run: Callable[["StageContext"], "StageOutput"]
+    run: Callable[[StageContext], StageOutput]
     uses_model: bool = True  # generates, scores or trains: a GPU stage
     per_turn: bool = True
 

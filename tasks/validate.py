@@ -86,7 +86,9 @@ def validate(spec: TableSpec, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[d
             raise ValueError(f"table {spec.name} failed {config.type}: {outcome.result}")
         if config.type in ("expect_compound_columns_to_be_unique", "expect_column_values_to_be_unique"):
             unexpected = frame.index[frame.duplicated(list(spec.key), keep="first")]
-        label = config.type.removeprefix("expect_") + (f"({config.kwargs['column']})" if "column" in config.kwargs else "")
+        label = config.type.removeprefix("expect_") + (
+            f"({config.kwargs['column']})" if "column" in config.kwargs else ""
+        )
         for index in unexpected:
             reasons.setdefault(int(index), []).append(label)
 

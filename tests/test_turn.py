@@ -71,7 +71,6 @@ def test_rows_carry_lineage_and_the_heldout_split_is_never_trained_on(turn):
 
 def test_mlflow_shows_the_turn_its_stages_and_the_registered_versions(turn):
     from mlflow import MlflowClient
-
     from stores import tracking
 
     settings, results = turn

@@ -14,8 +14,8 @@ import pandas as pd
 
 from stores.schema import Column, TableSpec
 from tasks.config import Annotate
-from tasks.prompts import caption_messages, first_line
-from tasks.stage import StageContext, StageDef, StageOutput, derive_seed
+from tasks.prompts import first_line, sample_captions
+from tasks.stage import StageContext, StageDef, StageOutput
 
 ANNOTATIONS = TableSpec(
     "annotations",
@@ -34,23 +34,16 @@ ANNOTATIONS = TableSpec(
 
 
 def annotate(items: pd.DataFrame, llm, cfg: Annotate, max_signal_chars: int, seed: int) -> pd.DataFrame:
-    records = items.to_dict("records")
-    jobs = [(item, candidate) for item in records for candidate in range(cfg.candidates)]
-    generations = llm.generate(
-        [caption_messages(item, max_signal_chars) for item, _ in jobs],
-        cfg.sampling,
-        [derive_seed(seed, "annotate", item["item_id"], candidate) for item, candidate in jobs],
-        desc="annotate",
-    )
+    samples = sample_captions(items, llm, cfg.candidates, cfg.sampling, max_signal_chars, seed, "annotate")
     return pd.DataFrame(
         {
-            "item_id": [item["item_id"] for item, _ in jobs],
-            "candidate": [candidate for _, candidate in jobs],
-            "caption": [first_line(g.text) for g in generations],
-            "mean_logprob": [float(np.mean(g.token_logprobs)) for g in generations],
-            "min_logprob": [float(np.min(g.token_logprobs)) for g in generations],
-            "n_tokens": [len(g.token_ids) for g in generations],
-            "finished": [g.finished for g in generations],
+            "item_id": [item["item_id"] for item, _, _ in samples],
+            "candidate": [candidate for _, candidate, _ in samples],
+            "caption": [first_line(g.text) for _, _, g in samples],
+            "mean_logprob": [float(np.mean(g.token_logprobs)) for _, _, g in samples],
+            "min_logprob": [float(np.min(g.token_logprobs)) for _, _, g in samples],
+            "n_tokens": [len(g.token_ids) for _, _, g in samples],
+            "finished": [g.finished for _, _, g in samples],
             "annotator": llm.model.label,
         }
     )
@@ -63,6 +56,4 @@ def run(ctx: StageContext) -> StageOutput:
     return StageOutput({"annotations": frame}, rows_in=len(items), metrics=metrics)
 
 
-STAGE = StageDef(
-    name="annotate", outputs=(ANNOTATIONS,), upstream=("ingest",), sections=("data", "annotate"), run=run
-)
+STAGE = StageDef(name="annotate", outputs=(ANNOTATIONS,), upstream=("ingest",), sections=("data", "annotate"), run=run)

@@ -43,7 +43,10 @@ def decide(start_score: float, candidate_score: float, min_delta: float) -> tupl
 def run(ctx: StageContext) -> StageOutput:
     evaluation = ctx.upstream_summary("evaluate")
     metric = ctx.settings.promote.primary_metric
-    start_score, candidate_score = evaluation["metrics"][f"start_{metric}"], evaluation["metrics"][f"candidate_{metric}"]
+    start_score, candidate_score = (
+        evaluation["metrics"][f"start_{metric}"],
+        evaluation["metrics"][f"candidate_{metric}"],
+    )
     start, candidate = evaluation["start_version"], evaluation["candidate_version"]
     champion = ctx.registry.champion().version
     if champion == candidate:
@@ -55,13 +58,21 @@ def run(ctx: StageContext) -> StageOutput:
         if promoted:
             ctx.registry.set_alias(CHAMPION, candidate)
     row = {
-        "turn": ctx.turn, "start_version": start, "candidate_version": candidate, "metric": metric,
-        "start_score": start_score, "candidate_score": candidate_score, "delta": candidate_score - start_score,
-        "promoted": promoted, "reason": reason,
+        "turn": ctx.turn,
+        "start_version": start,
+        "candidate_version": candidate,
+        "metric": metric,
+        "start_score": start_score,
+        "candidate_score": candidate_score,
+        "delta": candidate_score - start_score,
+        "promoted": promoted,
+        "reason": reason,
     }
     ctx.turn_run.set_tags({"flywheel.promoted": promoted, "flywheel.promotion_reason": reason})
     ctx.turn_run.log_metrics({"promoted": float(promoted)}, step=ctx.turn)
-    return StageOutput({"promotions": pd.DataFrame([row])}, rows_in=1, metrics={"promoted": float(promoted)}, summary=row)
+    return StageOutput(
+        {"promotions": pd.DataFrame([row])}, rows_in=1, metrics={"promoted": float(promoted)}, summary=row
+    )
 
 
 STAGE = StageDef(

@@ -53,7 +53,7 @@ class ItemRecord(BaseModel):
     source: str = "jsonl"
 
     @model_validator(mode="after")
-    def _has_text(self) -> "ItemRecord":
+    def _has_text(self) -> ItemRecord:
         if not (self.abstract or self.comment):
             raise ValueError("an item needs text to caption: abstract or comment must be non-empty")
         return self
@@ -150,7 +150,9 @@ def run(ctx: StageContext) -> StageOutput:
     ]
     for split in SPLITS:
         metrics[f"items_{split}"] = int((frame["split"] == split).sum())
-    return StageOutput({"items": frame}, rows_in=len(records) + len(rejects), metrics=metrics, rejects={"items": rejects})
+    return StageOutput(
+        {"items": frame}, rows_in=len(records) + len(rejects), metrics=metrics, rejects={"items": rejects}
+    )
 
 
 def source_path(root: Path, source: str) -> Path:

@@ -33,8 +33,7 @@ class GenerationBackend(Protocol):
         """One completion per prompt; the same (prompt, sampling, seed) gives the same completion in any batch."""
         ...
 
-    def score(self, prompts: list[Messages], completions: list[str]) -> list[Scored]:
-        ...
+    def score(self, prompts: list[Messages], completions: list[str]) -> list[Scored]: ...
 
     def completion_token_ids(self, completion: str) -> list[int]:
         """The token ids `score` would assign to this completion (end-of-turn included)."""

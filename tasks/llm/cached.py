@@ -49,16 +49,18 @@ class CachedLLM:
         keys = [call_key(kind, self.model.fingerprint, r) for r in requests]
         found = self.cache.get_many(list(set(keys)))
         missing = {k: r for k, r in zip(keys, requests) if k not in found}
-        order = sorted(missing, key=lambda k: len(str(missing[k]["prompt"])))
-        with tqdm(total=len(order), desc=f"{desc} ({self.model.label})", disable=not self.progress or not order) as bar:
-            for start in range(0, len(order), self.backend.batch_size if order else 1):
-                chunk = order[start : start + self.backend.batch_size]
-                results = compute([missing[k] for k in chunk])
-                self.calls += len(chunk)
-                entries = [(k, missing[k], result) for k, result in zip(chunk, results)]
-                self.cache.put_many(kind, self.model.fingerprint, self.model.label, entries)
-                found.update({k: result for k, _, result in entries})
-                bar.update(len(chunk))
+        if missing:
+            order = sorted(missing, key=lambda k: len(str(missing[k]["prompt"])))
+            size = self.backend.batch_size
+            with tqdm(total=len(order), desc=f"{desc} ({self.model.label})", disable=not self.progress) as bar:
+                for start in range(0, len(order), size):
+                    chunk = order[start : start + size]
+                    results = compute([missing[k] for k in chunk])
+                    self.calls += len(chunk)
+                    entries = [(k, missing[k], result) for k, result in zip(chunk, results)]
+                    self.cache.put_many(kind, self.model.fingerprint, self.model.label, entries)
+                    found.update({k: result for k, _, result in entries})
+                    bar.update(len(chunk))
         return [found[k] for k in keys]
 
     def _generate_chunk(self, requests: list[dict]) -> list[dict]:

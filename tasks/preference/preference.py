@@ -13,9 +13,9 @@ import pandas as pd
 
 from stores.schema import Column, TableSpec
 from tasks.config import Preference
-from tasks.prompts import caption_messages
 from tasks.preference.scorer import RULE_PENALTY, score_responses
-from tasks.stage import StageContext, StageDef, StageOutput, derive_seed
+from tasks.prompts import sample_captions
+from tasks.stage import StageContext, StageDef, StageOutput
 
 RESPONSES = TableSpec(
     "responses",
@@ -48,21 +48,14 @@ def item_content(item: dict) -> str:
 
 
 def sample_responses(items: pd.DataFrame, llm, cfg: Preference, max_signal_chars: int, seed: int) -> pd.DataFrame:
-    records = items.to_dict("records")
-    jobs = [(item, index) for item in records for index in range(cfg.responses_per_prompt)]
-    generations = llm.generate(
-        [caption_messages(item, max_signal_chars) for item, _ in jobs],
-        cfg.sampling,
-        [derive_seed(seed, "preference", item["item_id"], index) for item, index in jobs],
-        desc="preference responses",
-    )
-    texts = [g.text.strip() for g in generations]
-    contents = [item_content(item) for item, _ in jobs]
+    samples = sample_captions(items, llm, cfg.responses_per_prompt, cfg.sampling, max_signal_chars, seed, "preference")
+    texts = [g.text.strip() for _, _, g in samples]
+    contents = [item_content(item) for item, _, _ in samples]
     sims, violations, scores = score_responses(texts, contents, cfg.min_chars, cfg.max_chars)
     return pd.DataFrame(
         {
-            "item_id": [item["item_id"] for item, _ in jobs],
-            "response_idx": [index for _, index in jobs],
+            "item_id": [item["item_id"] for item, _, _ in samples],
+            "response_idx": [index for _, index, _ in samples],
             "text": texts,
             "similarity": sims,
             "violations": [",".join(v) for v in violations],

@@ -55,10 +55,21 @@ def phase_steps(phases: list[pd.DataFrame], max_steps: int) -> list[int]:
 def _trainer_args(config_cls, out: Path, steps: int, phase, cfg: Retrain, seed: int, **extra):
     """TRL config for one phase (`phase` is the Sft or Dpo section)."""
     return config_cls(
-        output_dir=str(out), max_steps=steps, per_device_train_batch_size=phase.batch_size,
-        gradient_accumulation_steps=phase.gradient_accumulation, learning_rate=phase.learning_rate, seed=seed,
-        data_seed=seed, max_length=cfg.max_length, bf16=cfg.bf16, logging_steps=1, save_strategy="no",
-        report_to="none", use_cpu=not torch.cuda.is_available(), lr_scheduler_type="constant", **extra,
+        output_dir=str(out),
+        max_steps=steps,
+        per_device_train_batch_size=phase.batch_size,
+        gradient_accumulation_steps=phase.gradient_accumulation,
+        learning_rate=phase.learning_rate,
+        seed=seed,
+        data_seed=seed,
+        max_length=cfg.max_length,
+        bf16=cfg.bf16,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        lr_scheduler_type="constant",
+        **extra,
     )
 
 
@@ -73,7 +84,10 @@ def train(start_path: Path, phases: list[pd.DataFrame], pairs: pd.DataFrame, cfg
     losses: dict[str, list[float]] = {}
     for number, (phase, steps) in enumerate(zip(phases, phase_steps(phases, cfg.sft.max_steps))):
         data = Dataset.from_list(
-            [{"prompt": p, "completion": [{"role": "assistant", "content": t}]} for p, t in zip(phase["prompt"], phase["target"])]
+            [
+                {"prompt": p, "completion": [{"role": "assistant", "content": t}]}
+                for p, t in zip(phase["prompt"], phase["target"])
+            ]
         )
         args = _trainer_args(SFTConfig, out / f"sft-{number}", steps, cfg.sft, cfg, seed)
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
@@ -83,7 +97,11 @@ def train(start_path: Path, phases: list[pd.DataFrame], pairs: pd.DataFrame, cfg
     if len(pairs) and cfg.dpo.max_steps:
         data = Dataset.from_list(
             [
-                {"prompt": p, "chosen": [{"role": "assistant", "content": c}], "rejected": [{"role": "assistant", "content": r}]}
+                {
+                    "prompt": p,
+                    "chosen": [{"role": "assistant", "content": c}],
+                    "rejected": [{"role": "assistant", "content": r}],
+                }
                 for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"])
             ]
         )
@@ -105,10 +123,14 @@ def training_data(ctx: StageContext) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
     synthetic = denoised[denoised["kept"]][["item_id", "candidate", "caption"]].rename(columns={"caption": "target"})
     synthetic = synthetic.assign(kind="sft-synthetic")
     human_items = ctx.turn_slice("human", settings.retrain.sft.human_items_per_turn)
-    human = pd.DataFrame({"item_id": human_items["item_id"], "candidate": 0, "target": human_items["title"], "kind": "sft-human"})
+    human = pd.DataFrame(
+        {"item_id": human_items["item_id"], "candidate": 0, "target": human_items["title"], "kind": "sft-human"}
+    )
     pairs = ctx.read("preference", "pairs")
     for frame in (synthetic, human, pairs):
-        frame["prompt"] = [caption_messages(items.loc[i].to_dict(), settings.data.max_signal_chars) for i in frame["item_id"]]
+        frame["prompt"] = [
+            caption_messages(items.loc[i].to_dict(), settings.data.max_signal_chars) for i in frame["item_id"]
+        ]
     return synthetic.reset_index(drop=True), human, pairs
 
 
@@ -139,7 +161,9 @@ def run(ctx: StageContext) -> StageOutput:
     summary = {"candidate_version": candidate.version, "candidate_fingerprint": candidate.fingerprint}
     return StageOutput(
         {"training_examples": examples[list(TRAINING_EXAMPLES.column_names)]},
-        rows_in=len(synthetic) + len(human) + len(pairs), metrics=metrics, summary=summary,
+        rows_in=len(synthetic) + len(human) + len(pairs),
+        metrics=metrics,
+        summary=summary,
     )
 
 

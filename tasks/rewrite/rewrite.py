@@ -96,6 +96,4 @@ def run(ctx: StageContext) -> StageOutput:
     return StageOutput({"rewrites": frame}, rows_in=len(queries_items), metrics=metrics)
 
 
-STAGE = StageDef(
-    name="rewrite", outputs=(REWRITES,), upstream=("ingest",), sections=("data", "rewrite"), run=run
-)
+STAGE = StageDef(name="rewrite", outputs=(REWRITES,), upstream=("ingest",), sections=("data", "rewrite"), run=run)

@@ -22,7 +22,10 @@ def test_every_row_carries_lineage(tmp_path):
         store.insert(SPEC, pd.DataFrame({"item_id": ["a"], "value": [1.0]}), LINEAGE)
         row = store.read("things", "batch-1").iloc[0]
     assert (row["stage"], row["model_version"], row["run_id"], row["params_hash"]) == (
-        "test", "flywheel-policy/v1", "run-1", "params-1"
+        "test",
+        "flywheel-policy/v1",
+        "run-1",
+        "params-1",
     )
     assert row["created_at"] is not None
 
@@ -56,7 +59,11 @@ def test_parquet_export_writes_one_batch(tmp_path):
 
 def test_cache_keys_are_canonical_and_complete():
     request = {"prompt": [{"role": "user", "content": "hi"}], "sampling": {"temperature": 0.7, "top_p": 1.0}, "seed": 1}
-    reordered = {"seed": 1, "sampling": {"top_p": 1.0, "temperature": 0.7}, "prompt": [{"content": "hi", "role": "user"}]}
+    reordered = {
+        "seed": 1,
+        "sampling": {"top_p": 1.0, "temperature": 0.7},
+        "prompt": [{"content": "hi", "role": "user"}],
+    }
     assert call_key("generate", "fp", request) == call_key("generate", "fp", reordered)
     assert call_key("generate", "fp", request) != call_key("generate", "other-model", request)
     assert call_key("generate", "fp", request) != call_key("generate", "fp", {**request, "seed": 2})

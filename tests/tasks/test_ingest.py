@@ -69,7 +69,9 @@ def test_ingest_stage_quarantines_bad_lines_and_keeps_the_rest(tiny_settings, tm
     from stores.store import Store
     from tasks.runner import run_stage
 
-    rows = [{"item_id": f"i{n}", "title": f"Title number {n}", "comment": f"Comment {n} about graphs."} for n in range(5)]
+    rows = [
+        {"item_id": f"i{n}", "title": f"Title number {n}", "comment": f"Comment {n} about graphs."} for n in range(5)
+    ]
     text = "\n".join(json.dumps(r) for r in rows) + '\n{"item_id": "bad", "title": ""}\nnot json\n'
     (tmp_path / "items.jsonl").write_text(text)
     settings = _with_source(tiny_settings, "items.jsonl")

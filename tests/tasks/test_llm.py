@@ -7,8 +7,13 @@ from tasks.config import Sampling
 from tasks.llm.cached import CachedLLM
 
 SHORT = [{"role": "user", "content": "Write a title for: a tutorial on graph neural networks."}]
-LONG = [{"role": "user", "content": "Write a one-line title for a long survey of retrieval-augmented generation, "
-                                    "knowledge graphs, and language models as knowledge bases. " * 3}]
+LONG = [
+    {
+        "role": "user",
+        "content": "Write a one-line title for a long survey of retrieval-augmented generation, "
+        "knowledge graphs, and language models as knowledge bases. " * 3,
+    }
+]
 SAMPLED = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=12)
 GREEDY = Sampling(temperature=0.0, max_new_tokens=12)
 

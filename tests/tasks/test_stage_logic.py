@@ -29,7 +29,7 @@ def test_the_noisy_tail_is_marked_not_deleted():
     "text, expected",
     [
         ("Graph Neural Networks: A Practical Guide", []),
-        ("The title is \"A Guide\"", ["restates_instruction"]),
+        ('The title is "A Guide"', ["restates_instruction"]),
         ("short", ["too_short"]),
         ("A title\nand a second line", ["multi_line"]),
         ("deep deep deep deep deep learning learning", ["repetitive"]),
