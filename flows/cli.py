@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 import stores  # noqa: F401  (offline, no-telemetry environment before anything heavy)
-from tasks.config import ConfigError, load_settings
+from tasks.config import load_settings
+from tasks.errors import FlywheelError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,14 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        settings = load_settings(args.params)
-    except ConfigError as error:
+        _dispatch(args)
+    except FlywheelError as error:
         print(f"flywheel: {error}", file=sys.stderr)
         return 2
+    return 0
 
+
+def _dispatch(args: argparse.Namespace) -> None:
     from flows.summary import print_turn
     from stores import tracking
 
+    settings = load_settings(args.params)
     ui = tracking.ui_command(settings.path("mlflow"))
     if args.command == "run":
         from flows.turn import flywheel
@@ -67,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
         from tasks.runner import register_base_model
 
         print(f"champion: {register_base_model(settings).label}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -29,11 +29,14 @@ def _stage_task(name: str):
     return stage
 
 
-ingest, annotate, denoise, preference, rewrite, retrain, evaluate, promote = (
-    _stage_task(name)
-    for name in ("ingest", "annotate", "denoise", "preference", "rewrite", "retrain", "evaluate", "promote")
-)
-assert set(STAGES) == {"ingest", "annotate", "denoise", "preference", "rewrite", "retrain", "evaluate", "promote"}
+ingest = _stage_task("ingest")
+annotate = _stage_task("annotate")
+denoise = _stage_task("denoise")
+preference = _stage_task("preference")
+rewrite = _stage_task("rewrite")
+retrain = _stage_task("retrain")
+evaluate = _stage_task("evaluate")
+promote = _stage_task("promote")
 
 
 @flow(name="flywheel_turn", log_prints=True)

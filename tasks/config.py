@@ -14,6 +14,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tasks.errors import FlywheelError
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -145,7 +147,7 @@ class Settings(Strict):
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-class ConfigError(ValueError):
+class ConfigError(FlywheelError, ValueError):
     """A params file that cannot be used; the message names the file and the fields."""
 
 

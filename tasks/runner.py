@@ -23,6 +23,7 @@ from stores.store import Lineage, StageRunRecord, Store
 from tasks.annotate import STAGE as ANNOTATE
 from tasks.config import Settings
 from tasks.denoise import STAGE as DENOISE
+from tasks.errors import FlywheelError
 from tasks.evaluate import PROMOTE_STAGE as PROMOTE
 from tasks.evaluate import STAGE as EVALUATE
 from tasks.ingest import STAGE as INGEST
@@ -39,7 +40,7 @@ STAGES: dict[str, StageDef] = {
 }
 
 
-class StageOrderError(RuntimeError):
+class StageOrderError(FlywheelError):
     """A stage was asked for before the upstream stage it reads."""
 
 
@@ -100,7 +101,7 @@ def turn_start_model(store: Store, registry: Registry, settings: Settings, turn:
 
 def run_stage(name: str, settings: Settings, turn: int, tags: dict[str, str] | None = None) -> StageResult:
     if name not in STAGES:
-        raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+        raise FlywheelError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     stage = STAGES[name]
     experiment_id = tracking.configure(settings.path("mlflow"), settings.experiment)
     with Store.open(settings.path("store")) as store:
@@ -150,13 +151,13 @@ def recorded_turn(settings: Settings, turn: int) -> list[dict]:
     with Store.open(settings.path("store")) as store:
         version = store.turn_start_version(turn)
         if version is None:
-            raise LookupError(f"turn {turn} has not started in {settings.path('store')}")
+            raise FlywheelError(f"turn {turn} has not started in {settings.path('store')}")
         start_model = Registry(settings.model.registry_name, experiment_id, settings.path("models")).get(version)
         ids = batch_ids(settings, turn, start_model)
         records = {name: store.stage_run(batch_id) for name, batch_id in ids.items()}
     missing = [name for name in STAGES if records.get(name) is None]
     if missing:
-        raise LookupError(f"turn {turn} is not finished with these params: {', '.join(missing)} not recorded")
+        raise FlywheelError(f"turn {turn} is not finished with these params: {', '.join(missing)} not recorded")
     return [asdict(_result(records[name], turn, None)) for name in STAGES]
 
 

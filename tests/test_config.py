@@ -51,12 +51,3 @@ def test_section_hash_changes_only_with_its_sections(tmp_path):
     a, b = load_settings(base), load_settings(changed)
     assert a.section_hash("denoise") != b.section_hash("denoise")
     assert a.section_hash("annotate", "data") == b.section_hash("annotate", "data")
-
-
-def test_the_cli_reports_a_bad_params_file_without_a_traceback(tmp_path, capsys):
-    from flows.cli import main
-
-    path = tmp_path / "params.yaml"
-    path.write_text("evaluate: {items: 0}\n")
-    assert main(["--params", str(path), "stage", "ingest"]) == 2
-    assert "evaluate.items" in capsys.readouterr().err

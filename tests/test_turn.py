@@ -126,6 +126,16 @@ def test_exports_and_metrics_are_written_for_dvc(turn):
         assert metrics["rows_out"] == result["rows_out"]
 
 
+def test_the_cli_summary_of_the_finished_turn(turn, capsys):
+    from flows.cli import main
+
+    settings, results = turn
+    assert main(["--params", str(settings.root / "params.yaml"), "summary", "--turn", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "Held-out scoreboard (4 items never trained on)" in printed and "rouge_l" in printed
+    assert "mlflow ui --backend-store-uri" in printed
+
+
 def test_dvc_repro_reuses_the_turn_and_a_param_change_reruns_only_its_dependents(turn):
     settings, _ = turn
     folder = settings.root

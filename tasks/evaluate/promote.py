@@ -1,7 +1,8 @@
 """Promotion gate: the candidate becomes `champion` only if its held-out primary metric beats the turn's starting
 model by more than `promote.min_delta`. The decision, both scores and the reason are recorded (table + MLflow).
 If the champion moved while this turn ran, nothing is promoted: the comparison would be against a stale model.
-A rerun never moves the alias twice (the stage's batch is recorded once).
+A rerun never moves the alias twice (the stage's batch is recorded once, and a candidate that is already champion,
+e.g. after an interruption between the alias move and the record, is reported as such).
 
 Input: `evaluate`'s summary. Output columns (`promotions`): turn, start_version, candidate_version, metric,
 start_score, candidate_score, delta, promoted, reason.
@@ -50,7 +51,7 @@ def run(ctx: StageContext) -> StageOutput:
     start, candidate = evaluation["start_version"], evaluation["candidate_version"]
     champion = ctx.registry.champion().version
     if champion == candidate:
-        promoted, reason = True, "candidate is already champion (promotion finished before an interruption)"
+        promoted, reason = True, f"v{candidate} is already champion (an earlier run of this gate promoted it)"
     elif champion != start:
         promoted, reason = False, f"champion moved to v{champion} during this turn; rerun the turn from it"
     else:
@@ -70,9 +71,8 @@ def run(ctx: StageContext) -> StageOutput:
     }
     ctx.turn_run.set_tags({"flywheel.promoted": promoted, "flywheel.promotion_reason": reason})
     ctx.turn_run.log_metrics({"promoted": float(promoted)}, step=ctx.turn)
-    return StageOutput(
-        {"promotions": pd.DataFrame([row])}, rows_in=1, metrics={"promoted": float(promoted)}, summary=row
-    )
+    metrics = {"promoted": float(promoted), "start_score": start_score, "candidate_score": candidate_score}
+    return StageOutput({"promotions": pd.DataFrame([row])}, rows_in=1, metrics=metrics, summary=row)
 
 
 STAGE = StageDef(

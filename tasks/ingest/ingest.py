@@ -21,6 +21,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from stores.schema import Column, TableSpec
+from tasks.errors import InputError
 from tasks.stage import StageContext, StageDef, StageOutput
 
 ITEMS = TableSpec(
@@ -142,7 +143,7 @@ def run(ctx: StageContext) -> StageOutput:
         metrics = {"lines_rejected": len(rejects)}
         if not records:
             first = rejects[0]["reason"] if rejects else "the file is empty"
-            raise ValueError(f"{path}: no valid items ({len(rejects)} lines rejected; first: {first})")
+            raise InputError(f"{path}: no valid items ({len(rejects)} lines rejected; first: {first})")
     frame = pd.DataFrame(records, columns=[c.name for c in ITEMS.columns if c.name != "split"])
     frame["split"] = [
         assign_split(ctx.settings.seed, item_id, data.heldout_fraction, data.human_fraction)
@@ -158,7 +159,7 @@ def run(ctx: StageContext) -> StageOutput:
 def source_path(root: Path, source: str) -> Path:
     path = (root / source).resolve()
     if not path.is_file():
-        raise FileNotFoundError(f"data.source: {path} is not a file (use 'semanlink' for the bundled data)")
+        raise InputError(f"data.source: {path} is not a file (use 'semanlink' for the bundled data)")
     return path
 
 
