@@ -29,6 +29,8 @@ def _note(stage: str, m: dict, summary: dict) -> str:
             f"v{summary.get('candidate_version')}: SFT {m.get('sft_synthetic', 0)} synthetic + "
             f"{m.get('sft_human', 0)} human, DPO {m.get('dpo_pairs', 0)} pairs"
         )
+    if stage == "evaluate":
+        return f"{int(m.get('items', 0))} held-out items, starting model and candidate"
     if stage == "promote":
         return summary.get("reason", "")
     return ""

@@ -161,6 +161,8 @@ def load_settings(path: Path | str = "params.yaml") -> Settings:
         raise ConfigError(f"{path}: not valid YAML: {error}") from error
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    if "root" in raw:
+        raise ConfigError(f"{path}: root: not a parameter (paths resolve against the params file's folder)")
     try:
         return Settings(**raw, root=path.parent)
     except ValidationError as error:
