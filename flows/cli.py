@@ -4,6 +4,7 @@ flywheel run [--turns N] [--first-turn K]   N turns through the Prefect flow, th
 flywheel stage NAME [--turn K]              one stage (what each dvc.yaml cmd runs)
 flywheel summary [--turn K]                 the summary of a finished turn, from the store
 flywheel setup                              register the packaged model as champion (done on first use anyway)
+flywheel denoise score --items F --out F    noise scores + keep/drop for any items file
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = commands.add_parser("summary", help="print the summary of a finished turn")
     summary.add_argument("--turn", type=int, default=1)
     commands.add_parser("setup", help="register the packaged base model (idempotent)")
+    denoise = commands.add_parser("denoise", help="noise control on any items file").add_subparsers(
+        dest="action", required=True
+    )
+    score = denoise.add_parser("score", help="noise-score the annotations of an items JSONL file with the champion")
+    score.add_argument("--items", type=Path, required=True, help="JSONL in the item schema, optional `annotation`")
+    score.add_argument("--out", type=Path, required=True, help="JSONL with a noise score and a keep/drop per line")
+    score.add_argument("--method", default=None, help="noise-control method (default: denoise.method in params)")
     args = parser.parse_args(argv)
 
     try:
@@ -68,6 +76,14 @@ def _dispatch(args: argparse.Namespace) -> None:
         from tasks.runner import recorded_turn
 
         print_turn(recorded_turn(settings, args.turn), ui)
+    elif args.command == "denoise":
+        from tasks.denoise.score_file import score_file
+
+        counts = score_file(settings, args.items, args.out, args.method)
+        print(
+            f"{counts['scored']} scored, {counts['dropped']} dropped, {counts['rejected']} rejected lines; "
+            f"gamma {counts['gamma']:.3f} -> {args.out}"
+        )
     elif args.command == "setup":
         from tasks.runner import register_base_model
 

@@ -17,7 +17,10 @@ def _note(stage: str, m: dict, summary: dict) -> str:
     if stage == "annotate":
         return f"mean token log-prob {m.get('mean_logprob', float('nan')):.2f}"
     if stage == "denoise":
-        return f"noise dropped {m.get('dropped', 0)}, kept {m.get('kept', 0)}"
+        return (
+            f"{summary.get('method', '')}: noise dropped {m.get('dropped', 0)}, kept {m.get('kept', 0)}, "
+            f"TaiLr γ {m.get('gamma', 0):.2f}"
+        )
     if stage == "preference":
         return f"{m.get('pairs', 0)} pairs from {m.get('responses', 0)} responses"
     if stage == "rewrite":

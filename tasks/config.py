@@ -54,12 +54,18 @@ class Model(Strict):
 
 class Annotate(Strict):
     items_per_turn: int = Field(32, ge=1)
+    teacher_version: int | None = Field(None, ge=1)  # a registered model version annotates instead of the champion
     candidates: int = Field(1, ge=1, le=16)
     sampling: Sampling = Sampling(temperature=0.7, top_p=0.95, max_new_tokens=32)
 
 
 class Denoise(Strict):
-    drop_quantile: float = Field(0.2, ge=0.0, lt=1.0)  # the noisiest fraction of annotations is dropped
+    method: Literal["adatailr", "none", "tailr", "small_loss", "gmm"] = "adatailr"
+    drop_quantile: float = Field(0.2, ge=0.0, lt=1.0)  # small_loss: the highest-loss fraction dropped
+    gamma: float = Field(0.8, ge=0.0, le=1.0)  # tailr: the fixed γ
+    min_weight: float = Field(0.2, ge=0.0, le=1.0)  # TaiLr weight floor (the authors' recipe: 0.2)
+    level_z: float = Field(1.0, gt=0.0, le=5.0)  # adatailr: tail cut for the noise-level estimate, in robust σ
+    tail_z: float = Field(2.0, ge=0.0, le=10.0)  # adatailr: never drop within this many robust σ of the centre
 
 
 class Preference(Strict):
@@ -86,6 +92,8 @@ class Sft(Strict):
     learning_rate: float = Field(5e-5, gt=0.0, le=1e-2)
     human_items_per_turn: int = Field(32, ge=0)
     human_order: Literal["after", "before", "mixed"] = "after"  # the paper refines on human data last
+    # share of SFT steps (after/before) or of mixed examples (mixed) for human data; null: proportional to its size
+    human_share: float | None = Field(None, ge=0.0, le=1.0)
 
 
 class Dpo(Strict):

@@ -66,6 +66,16 @@ def _backend(path: str, batch_size: int, threads: int | None):
     return TransformersBackend(path, batch_size=batch_size, threads=threads)
 
 
+def cached_llm(settings: Settings, store: Store, model: ModelRef) -> CachedLLM:
+    """A cached client for `model`; its weights load only if a call misses the cache."""
+    return CachedLLM(
+        lambda ref: _backend(str(ref.path), settings.model.batch_size, settings.model.threads),
+        LLMCallCache(store.con),
+        model,
+        progress=os.environ.get("FLYWHEEL_PROGRESS", "1") == "1",
+    )
+
+
 def batch_ids(settings: Settings, turn: int, start_model: ModelRef | None) -> dict[str, str]:
     """The batch id of every stage of a turn."""
     ids: dict[str, str] = {}
@@ -177,14 +187,7 @@ class _Run:
     clients: list[CachedLLM] = field(default_factory=list)
 
     def llm(self, model: ModelRef) -> CachedLLM:
-        """A cached client for `model`; its weights load only if a call misses the cache."""
-        settings = self.settings.model
-        client = CachedLLM(
-            lambda ref: _backend(str(ref.path), settings.batch_size, settings.threads),
-            LLMCallCache(self.store.con),
-            model,
-            progress=os.environ.get("FLYWHEEL_PROGRESS", "1") == "1",
-        )
+        client = cached_llm(self.settings, self.store, model)
         self.clients.append(client)
         return client
 

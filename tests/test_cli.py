@@ -31,3 +31,49 @@ def test_a_missing_items_file(tmp_path, capsys):
 def test_the_summary_of_a_turn_that_never_ran(tmp_path, capsys):
     assert main(["--params", str(write_params(tmp_path)), "summary", "--turn", "3"]) == 2
     assert "turn 3 has not started" in capsys.readouterr().err
+
+
+def test_denoise_score_on_any_items_file(tmp_path, capsys):
+    import json
+
+    rows = [
+        {"item_id": "a", "title": "Graph neural networks: a practical guide", "abstract": "A tutorial on GNNs."},
+        {
+            "item_id": "b",
+            "title": "Knowledge graphs from language models",
+            "comment": "LMs as open KGs.",
+            "annotation": "zebra, marmalade, quantum",
+        },
+        {"item_id": "c", "title": "Sentence embeddings for retrieval", "comment": "Dense retrieval with SBERT."},
+        {"item_id": "d", "title": "Weak supervision at industrial scale", "abstract": "Snorkel DryBell."},
+    ]
+    items = tmp_path / "items.jsonl"
+    items.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"item_id": "e"}\n')
+    out = tmp_path / "scored.jsonl"
+    assert (
+        main(
+            [
+                "--params",
+                str(write_params(tmp_path)),
+                "denoise",
+                "score",
+                "--items",
+                str(items),
+                "--out",
+                str(out),
+                "--method",
+                "small_loss",
+            ]
+        )
+        == 0
+    )
+    assert "4 scored" in capsys.readouterr().out
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["item_id"] for r in scored] == ["a", "b", "c", "d"]
+    assert scored[1]["annotation"] == "zebra, marmalade, quantum" and scored[0]["annotation"] == rows[0]["title"]
+    assert all(r["method"] == "small_loss" and r["noise_score"] > 0 for r in scored)
+    noisiest = max(scored, key=lambda r: r["noise_score"])
+    assert [r["item_id"] for r in scored if not r["kept"]] == [noisiest["item_id"]]  # small_loss drops the top 20%
+    assert "threshold" in noisiest["reason"]
+    [reject] = [json.loads(line) for line in out.with_suffix(".rejects.jsonl").read_text().splitlines()]
+    assert "items.jsonl line 5" in reject["reason"] and "field title" in reject["reason"]

@@ -64,6 +64,9 @@ def test_rows_carry_lineage_and_the_heldout_split_is_never_trained_on(turn):
     for name in ("annotations", "denoised", "responses", "pairs", "rewrites", "training_examples"):
         assert not heldout & set(tables[name]["item_id"]), f"held-out item in {name}"
     assert set(tables["scoreboard"]["item_id"]) <= heldout
+    denoised = tables["denoised"]
+    assert ((denoised["reason"] != "") == ~denoised["kept"]).all()  # every drop is recorded with its reason
+    assert set(denoised["method"]) == {"adatailr"}
     human = set(items.loc[items["split"] == "human", "item_id"])
     trained = tables["training_examples"]
     assert set(trained.loc[trained["kind"] == "sft-human", "item_id"]) <= human

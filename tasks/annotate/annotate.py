@@ -1,4 +1,6 @@
-"""Synthetic annotation: the turn's model captions each of the turn's train items from all of its signals.
+"""Synthetic annotation: the turn's model, or a named teacher version (`annotate.teacher_version`), captions each of
+the turn's train items from all of its signals (the prompt template lives in tasks/prompts.py). Both go through the
+same cached generation backend.
 
 Several candidates per item (count and sampling are params); each keeps its mean and min token log-prob and its
 length, which the noise control reads. Empty captions fail validation and land in quarantine.
@@ -50,8 +52,10 @@ def annotate(items: pd.DataFrame, llm, cfg: Annotate, max_signal_chars: int, see
 
 
 def run(ctx: StageContext) -> StageOutput:
-    items = ctx.turn_slice("train", ctx.settings.annotate.items_per_turn)
-    frame = annotate(items, ctx.llm, ctx.settings.annotate, ctx.settings.data.max_signal_chars, ctx.settings.seed)
+    cfg = ctx.settings.annotate
+    items = ctx.turn_slice("train", cfg.items_per_turn)
+    annotator = ctx.llm if cfg.teacher_version is None else ctx.llm_factory(ctx.registry.get(cfg.teacher_version))
+    frame = annotate(items, annotator, cfg, ctx.settings.data.max_signal_chars, ctx.settings.seed)
     metrics = {"mean_logprob": float(frame["mean_logprob"].mean()), "unfinished": int((~frame["finished"]).sum())}
     return StageOutput({"annotations": frame}, rows_in=len(items), metrics=metrics)
 

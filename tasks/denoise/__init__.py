@@ -1,3 +1,4 @@
-from tasks.denoise.denoise import DENOISED, STAGE, noise_scores, tail_threshold
+from tasks.denoise.denoise import DENOISED, STAGE, decision_table, token_logprobs
+from tasks.denoise.methods import METHODS, Decision, decide
 
-__all__ = ["DENOISED", "STAGE", "noise_scores", "tail_threshold"]
+__all__ = ["DENOISED", "METHODS", "STAGE", "Decision", "decide", "decision_table", "token_logprobs"]

@@ -1,12 +1,12 @@
-"""Noise control: every annotation gets a noise score from the current model, and the noisy tail is dropped.
+"""Noise control: every annotation gets a noise score from the current model, the noisy tail is dropped (recorded,
+not deleted) and the kept annotations train with the method's TaiLr γ (`retrain` reads it from this stage).
 
-Noise score = minus the mean token log-prob of the caption given its item, under the turn's model (teacher-forced,
-through the LLM-call cache: scoring the model's own finished generations is free). The `drop_quantile` noisiest
-annotations are marked dropped; drops are recorded with their reason, never deleted. AdaTaiLr (adaptive tail and
-TaiLr-weighted training) replaces this fixed-quantile rule in its own issue, behind the same table.
+The method is a param (`denoise.method`): AdaTaiLr by default (tasks/denoise/adatailr.py), or the baselines no
+control, fixed-γ TaiLr, small-loss filtering and a two-component GMM (tasks/denoise/methods.py). Token log-probs
+come through the LLM-call cache; scoring the model's own finished generations costs nothing.
 
 Input: `annotations`, `items`.
-Output columns (`denoised`): item_id, candidate, caption, noise_score, threshold, kept, reason.
+Output columns (`denoised`): item_id, candidate, caption, method, noise_score, threshold, kept, reason.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from stores.schema import Column, TableSpec  # noqa: E402
+from tasks.denoise.methods import Decision, decide  # noqa: E402
 from tasks.prompts import caption_messages  # noqa: E402
 from tasks.stage import StageContext, StageDef, StageOutput  # noqa: E402
 
@@ -28,8 +29,9 @@ DENOISED = TableSpec(
         Column("item_id", "VARCHAR", min_length=1),
         Column("candidate", "INTEGER", min_value=0),
         Column("caption", "VARCHAR", min_length=1),
-        Column("noise_score", "DOUBLE", min_value=0.0),
-        Column("threshold", "DOUBLE", min_value=0.0),
+        Column("method", "VARCHAR", min_length=1),
+        Column("noise_score", "DOUBLE"),
+        Column("threshold", "DOUBLE"),
         Column("kept", "BOOLEAN"),
         Column("reason", "VARCHAR"),
     ),
@@ -37,60 +39,57 @@ DENOISED = TableSpec(
 )
 
 
-def noise_scores(annotations: pd.DataFrame, items: pd.DataFrame, llm, max_signal_chars: int) -> np.ndarray:
+def token_logprobs(annotations: pd.DataFrame, items: pd.DataFrame, llm, max_signal_chars: int) -> list[np.ndarray]:
+    """Per-token log-probs of each caption given its item, under the model behind `llm`."""
     by_id = items.set_index("item_id").to_dict("index")
-    prompts = [caption_messages({"item_id": i, **by_id[i]}, max_signal_chars) for i in annotations["item_id"]]
+    prompts = [caption_messages(by_id[i], max_signal_chars) for i in annotations["item_id"]]
     scored = llm.score(prompts, list(annotations["caption"]), desc="denoise")
-    return np.array([-float(np.mean(s.token_logprobs)) for s in scored])
+    return [np.asarray(s.token_logprobs) for s in scored]
 
 
-def tail_threshold(scores: np.ndarray, drop_quantile: float) -> float:
-    """Scores above this are the noisy tail; with drop_quantile 0 nothing is dropped."""
-    if drop_quantile == 0 or len(scores) == 0:
-        return float("inf")
-    return float(np.quantile(scores, 1.0 - drop_quantile, method="higher"))
-
-
-def mark_tail(annotations: pd.DataFrame, scores: np.ndarray, threshold: float) -> pd.DataFrame:
-    kept = scores < threshold if np.isfinite(threshold) else np.ones(len(scores), dtype=bool)
+def decision_table(annotations: pd.DataFrame, decision: Decision) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "item_id": annotations["item_id"].values,
             "candidate": annotations["candidate"].values,
             "caption": annotations["caption"].values,
-            "noise_score": scores,
-            "threshold": min(threshold, np.finfo(float).max),
-            "kept": kept,
-            "reason": np.where(kept, "", f"noise score in the top tail (>= {threshold:.3f})"),
+            "method": decision.method,
+            "noise_score": decision.noise_score,
+            "threshold": min(decision.threshold, np.finfo(float).max),
+            "kept": decision.kept,
+            "reason": decision.reasons(),
         }
     )
 
 
-def histogram(scores: np.ndarray, threshold: float):
+def histogram(scores: np.ndarray, threshold: float, method: str):
     figure, axis = plt.subplots(figsize=(6, 3.5))
     axis.hist(scores, bins=20, color="#4c78a8")
     if np.isfinite(threshold):
         axis.axvline(threshold, color="#e45756", linestyle="--", label=f"drop threshold {threshold:.2f}")
         axis.legend()
-    axis.set_xlabel("noise score (− mean token log-prob)")
+    axis.set_xlabel(f"noise score ({method})")
     axis.set_ylabel("annotations")
     axis.set_title("Annotation noise scores")
     return figure
 
 
 def run(ctx: StageContext) -> StageOutput:
+    cfg = ctx.settings.denoise
     annotations = ctx.read("annotate", "annotations")
-    items = ctx.read("ingest", "items")
-    scores = noise_scores(annotations, items, ctx.llm, ctx.settings.data.max_signal_chars)
-    threshold = tail_threshold(scores, ctx.settings.denoise.drop_quantile)
-    frame = mark_tail(annotations, scores, threshold)
-    if len(scores):
-        figure = histogram(scores, threshold)
+    logprobs = token_logprobs(annotations, ctx.read("ingest", "items"), ctx.llm, ctx.settings.data.max_signal_chars)
+    decision = decide(cfg.method, logprobs, cfg, ctx.settings.seed)
+    frame = decision_table(annotations, decision)
+    if len(frame):
+        figure = histogram(decision.noise_score, decision.threshold, cfg.method)
         ctx.mlrun.log_figure(figure, "noise_scores.png")
         plt.close(figure)
     dropped = int((~frame["kept"]).sum())
-    metrics = {"dropped": dropped, "kept": len(frame) - dropped, "mean_noise_score": float(np.mean(scores))}
-    return StageOutput({"denoised": frame}, rows_in=len(annotations), metrics=metrics)
+    metrics = {"dropped": dropped, "kept": len(frame) - dropped, "gamma": decision.gamma}
+    if decision.noise_level is not None:
+        metrics["noise_level"] = decision.noise_level
+    summary = {"method": cfg.method, "gamma": decision.gamma, "min_weight": cfg.min_weight}
+    return StageOutput({"denoised": frame}, rows_in=len(annotations), metrics=metrics, summary=summary)
 
 
 STAGE = StageDef(

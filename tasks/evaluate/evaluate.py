@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from stores.schema import Column, TableSpec  # noqa: E402
+from tasks.config import Sampling  # noqa: E402
 from tasks.llm.embeddings import similarity  # noqa: E402
 from tasks.prompts import caption_messages, first_line  # noqa: E402
 from tasks.stage import StageContext, StageDef, StageOutput  # noqa: E402
@@ -49,10 +50,10 @@ def rouge_l(prediction: str, reference: str) -> float:
     return float(_rouge().score(reference, prediction)["rougeL"].fmeasure)
 
 
-def score_captions(items: pd.DataFrame, llm, ctx: StageContext, role: str) -> pd.DataFrame:
-    cfg = ctx.settings.evaluate
-    prompts = [caption_messages(item, ctx.settings.data.max_signal_chars) for item in items.to_dict("records")]
-    captions = [first_line(g.text) for g in llm.generate(prompts, cfg.sampling, [0] * len(prompts), f"evaluate/{role}")]
+def score_captions(items: pd.DataFrame, llm, sampling: Sampling, max_signal_chars: int, role: str) -> pd.DataFrame:
+    """The model behind `llm` captions `items`; each caption is scored against the item's human title."""
+    prompts = [caption_messages(item, max_signal_chars) for item in items.to_dict("records")]
+    captions = [first_line(g.text) for g in llm.generate(prompts, sampling, [0] * len(prompts), f"evaluate/{role}")]
     titles = list(items["title"])
     return pd.DataFrame(
         {
@@ -99,12 +100,13 @@ def chart(summary: dict[str, float], start_label: str, candidate_label: str):
 
 
 def run(ctx: StageContext) -> StageOutput:
-    heldout = ctx.items("heldout").head(ctx.settings.evaluate.items)
+    cfg, max_chars = ctx.settings.evaluate, ctx.settings.data.max_signal_chars
+    heldout = ctx.items("heldout").head(cfg.items)
     candidate = ctx.registry.get(ctx.upstream_summary("retrain")["candidate_version"])
     scoreboard = pd.concat(
         [
-            score_captions(heldout, ctx.llm, ctx, "start"),
-            score_captions(heldout, ctx.llm_factory(candidate), ctx, "candidate"),
+            score_captions(heldout, ctx.llm, cfg.sampling, max_chars, "start"),
+            score_captions(heldout, ctx.llm_factory(candidate), cfg.sampling, max_chars, "candidate"),
         ],
         ignore_index=True,
     )

@@ -99,7 +99,7 @@ def ingest_semanlink(min_comment_chars: int, min_title_chars: int) -> tuple[list
     return records, {"bookmarks": len(docs), "selected": len(records)}
 
 
-def ingest_jsonl(path: Path) -> tuple[list[dict], list[dict]]:
+def ingest_jsonl(path: Path, record: type[ItemRecord] = ItemRecord) -> tuple[list[dict], list[dict]]:
     """Valid item records and rejected lines; a reject names the file, line and field."""
     records, rejects = [], []
     for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
@@ -120,7 +120,7 @@ def ingest_jsonl(path: Path) -> tuple[list[dict], list[dict]]:
             rejects.append(_reject(where, f"expected a JSON object, got {type(value).__name__}", line))
             continue
         try:
-            records.append(ItemRecord(**value).model_dump())
+            records.append(record(**value).model_dump())
         except ValidationError as error:
             fields = "; ".join(f"field {'.'.join(map(str, e['loc'])) or '(item)'}: {e['msg']}" for e in error.errors())
             rejects.append(_reject(where, fields, value))

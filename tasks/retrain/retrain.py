@@ -21,7 +21,7 @@ import torch
 
 from stores.registry import CANDIDATE, WEIGHTS, sha256_file
 from stores.schema import Column, TableSpec
-from tasks.config import Retrain
+from tasks.config import Retrain, Sft
 from tasks.prompts import caption_messages
 from tasks.stage import StageContext, StageDef, StageOutput
 
@@ -38,18 +38,27 @@ TRAINING_EXAMPLES = TableSpec(
 )
 
 
-def sft_phases(synthetic: pd.DataFrame, human: pd.DataFrame, order: str) -> list[pd.DataFrame]:
-    """Training phases in order; empty phases are left out."""
-    if order == "mixed":
+def sft_phases(synthetic: pd.DataFrame, human: pd.DataFrame, cfg: Sft, seed: int) -> list[pd.DataFrame]:
+    """Training phases in order (empty ones left out). `mixed` with a `human_share` resamples the human rows
+    (seeded) so that they make that share of the mixed set."""
+    if cfg.human_order == "mixed":
+        if cfg.human_share is not None and len(human) and len(synthetic):
+            wanted = round(len(synthetic) * cfg.human_share / max(1e-9, 1.0 - cfg.human_share))
+            human = human.sample(n=wanted, replace=wanted > len(human), random_state=seed)
         phases = [pd.concat([synthetic, human], ignore_index=True)]
     else:
-        phases = [synthetic, human] if order == "after" else [human, synthetic]
+        phases = [synthetic, human] if cfg.human_order == "after" else [human, synthetic]
     return [phase.reset_index(drop=True) for phase in phases if len(phase)]
 
 
-def phase_steps(phases: list[pd.DataFrame], max_steps: int) -> list[int]:
-    total = sum(len(p) for p in phases)
-    return [max(1, round(max_steps * len(p) / total)) for p in phases]
+def phase_steps(phases: list[pd.DataFrame], cfg: Sft) -> list[int]:
+    """Steps per phase: proportional to size, or `human_share` of them for the human phase."""
+    if cfg.human_share is None or len(phases) < 2:
+        total = sum(len(p) for p in phases)
+        return [max(1, round(cfg.max_steps * len(p) / total)) for p in phases]
+    human_steps = max(1, round(cfg.max_steps * cfg.human_share))
+    other_steps = max(1, cfg.max_steps - human_steps)
+    return [human_steps if (p["kind"] == "sft-human").all() else other_steps for p in phases]
 
 
 def _trainer_args(config_cls, out: Path, steps: int, phase, cfg: Retrain, seed: int, **extra):
@@ -73,8 +82,17 @@ def _trainer_args(config_cls, out: Path, steps: int, phase, cfg: Retrain, seed: 
     )
 
 
-def train(start_path: Path, phases: list[pd.DataFrame], pairs: pd.DataFrame, cfg: Retrain, seed: int, out: Path):
-    """SFT phases then DPO; saves the model to `out`; returns per-step losses {name: [loss, ...]}."""
+def train(
+    start_path: Path,
+    phases: list[pd.DataFrame],
+    pairs: pd.DataFrame,
+    cfg: Retrain,
+    seed: int,
+    out: Path,
+    tailr: tuple[float, float] = (0.0, 0.0),
+):
+    """SFT phases then DPO; saves the model to `out`; returns per-step losses {name: [loss, ...]}.
+    `tailr` = (γ, min_weight) for phases with synthetic annotations; γ = 0 trains them with plain MLE."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
@@ -82,7 +100,7 @@ def train(start_path: Path, phases: list[pd.DataFrame], pairs: pd.DataFrame, cfg
     tokenizer = AutoTokenizer.from_pretrained(start_path)
     model = AutoModelForCausalLM.from_pretrained(start_path)
     losses: dict[str, list[float]] = {}
-    for number, (phase, steps) in enumerate(zip(phases, phase_steps(phases, cfg.sft.max_steps))):
+    for number, (phase, steps) in enumerate(zip(phases, phase_steps(phases, cfg.sft))):
         data = Dataset.from_list(
             [
                 {"prompt": p, "completion": [{"role": "assistant", "content": t}]}
@@ -90,7 +108,20 @@ def train(start_path: Path, phases: list[pd.DataFrame], pairs: pd.DataFrame, cfg
             ]
         )
         args = _trainer_args(SFTConfig, out / f"sft-{number}", steps, cfg.sft, cfg, seed)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+        gamma, min_weight = tailr
+        if gamma > 0 and (phase["kind"] == "sft-synthetic").any():
+            from tasks.retrain.tailr_trainer import TaiLrSFTTrainer
+
+            trainer = TaiLrSFTTrainer(
+                model=model,
+                args=args,
+                train_dataset=data,
+                processing_class=tokenizer,
+                gamma=gamma,
+                min_weight=min_weight,
+            )
+        else:
+            trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
         trainer.train()
         model = trainer.model
         losses[f"sft_loss_phase{number}"] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
@@ -137,12 +168,14 @@ def training_data(ctx: StageContext) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
 def run(ctx: StageContext) -> StageOutput:
     cfg = ctx.settings.retrain
     synthetic, human, pairs = training_data(ctx)
-    phases = sft_phases(synthetic, human, cfg.sft.human_order)
+    phases = sft_phases(synthetic, human, cfg.sft, ctx.settings.seed)
+    noise_control = ctx.upstream_summary("denoise")
     candidate = ctx.registry.find_by_tag("batch_id", ctx.batch_id)
     if candidate is None:
         staging = Path(tempfile.mkdtemp(prefix=".train-", dir=ctx.settings.path("models")))
         try:
-            losses = train(ctx.start_model.path, phases, pairs, cfg, ctx.settings.seed, staging)
+            tailr = (noise_control["gamma"], noise_control["min_weight"])
+            losses = train(ctx.start_model.path, phases, pairs, cfg, ctx.settings.seed, staging, tailr)
             for name, values in losses.items():
                 for step, value in enumerate(values, start=1):
                     ctx.mlrun.log_metrics({name: value}, step=step)
@@ -157,7 +190,12 @@ def run(ctx: StageContext) -> StageOutput:
         + [pairs.assign(kind="dpo", candidate=0, phase=len(phases), target=pairs["chosen"])],
         ignore_index=True,
     )
-    metrics = {"sft_synthetic": len(synthetic), "sft_human": len(human), "dpo_pairs": len(pairs)}
+    metrics = {
+        "sft_synthetic": len(synthetic),
+        "sft_human": len(human),
+        "dpo_pairs": len(pairs),
+        "tailr_gamma": noise_control["gamma"],
+    }
     summary = {"candidate_version": candidate.version, "candidate_fingerprint": candidate.fingerprint}
     return StageOutput(
         {"training_examples": examples[list(TRAINING_EXAMPLES.column_names)]},

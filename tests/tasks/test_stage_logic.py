@@ -1,28 +1,16 @@
 """Pure stage logic on hand-made tables (no model): noise tail, pair selection, rules, fusion, metrics, gates."""
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from stores.index import reciprocal_rank_fusion
-from tasks.denoise.denoise import mark_tail, tail_threshold
+from tasks.config import Sft
 from tasks.evaluate.evaluate import rouge_l, summarize
 from tasks.evaluate.promote import decide
 from tasks.preference.preference import make_pairs
 from tasks.preference.scorer import rule_violations
 from tasks.retrain.retrain import phase_steps, sft_phases
 from tasks.rewrite.rewrite import tag_precision
-
-
-def test_the_noisy_tail_is_marked_not_deleted():
-    scores = np.array([0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 3.0, 4.0])
-    threshold = tail_threshold(scores, 0.2)
-    annotations = pd.DataFrame({"item_id": list("abcdefghij"), "candidate": 0, "caption": "x"})
-    marked = mark_tail(annotations, scores, threshold)
-    assert len(marked) == 10
-    assert list(marked.loc[~marked["kept"], "item_id"]) == ["i", "j"]
-    assert all(marked.loc[~marked["kept"], "reason"].str.contains("top tail"))
-    assert tail_threshold(scores, 0.0) == float("inf") and mark_tail(annotations, scores, float("inf"))["kept"].all()
 
 
 @pytest.mark.parametrize(
@@ -96,11 +84,16 @@ def test_promotion_gate():
     assert not decide(0.30, 0.305, min_delta=0.01)[0]
 
 
-def test_human_refinement_comes_last_by_default():
-    synthetic = pd.DataFrame({"target": ["s1", "s2", "s3"]})
-    human = pd.DataFrame({"target": ["h1"]})
-    phases = sft_phases(synthetic, human, "after")
+def test_human_refinement_comes_last_by_default_and_its_share_is_a_param():
+    synthetic = pd.DataFrame({"target": ["s1", "s2", "s3"], "kind": "sft-synthetic"})
+    human = pd.DataFrame({"target": ["h1"], "kind": "sft-human"})
+    after = Sft(max_steps=8)
+    phases = sft_phases(synthetic, human, after, seed=0)
     assert [list(p["target"]) for p in phases] == [["s1", "s2", "s3"], ["h1"]]
-    assert [list(p["target"]) for p in sft_phases(synthetic, human, "before")] == [["h1"], ["s1", "s2", "s3"]]
-    assert len(sft_phases(synthetic, human.iloc[0:0], "after")) == 1
-    assert phase_steps(phases, 8) == [6, 2]
+    assert phase_steps(phases, after) == [6, 2]  # proportional to size by default
+    assert phase_steps(phases, Sft(max_steps=8, human_share=0.5)) == [4, 4]
+    before = Sft(human_order="before")
+    assert [list(p["target"]) for p in sft_phases(synthetic, human, before, seed=0)] == [["h1"], ["s1", "s2", "s3"]]
+    assert len(sft_phases(synthetic, human.iloc[0:0], after, seed=0)) == 1
+    [mixed] = sft_phases(synthetic, human, Sft(human_order="mixed", human_share=0.5), seed=0)
+    assert (mixed["kind"] == "sft-human").sum() == 3  # resampled to half of the mixed set

@@ -1,0 +1,72 @@
+"""Noise-control methods behind one interface: token log-probs of each annotation in, a decision out (a noise score
+per annotation, which ones to drop, and the TaiLr γ the kept ones train with; γ = 0 means plain MLE).
+
+  none        keep everything, train with MLE (the noise score is recorded for information only)
+  tailr       keep everything, train with TaiLr at a fixed γ (score: 1 − mean TaiLr weight)
+  small_loss  drop the `drop_quantile` highest-loss annotations, MLE on the rest
+  gmm         two-component Gaussian mixture on the losses (DivideMix-style); drop where P(high-loss) >= 0.5
+  adatailr    data-driven tail drop and γ (tasks/denoise/adatailr.py)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tasks.config import Denoise
+from tasks.denoise import adatailr
+from tasks.denoise.tailr import tailr_weights
+
+METHODS = ("adatailr", "none", "tailr", "small_loss", "gmm")
+
+
+@dataclass(frozen=True)
+class Decision:
+    method: str
+    noise_score: np.ndarray
+    kept: np.ndarray
+    threshold: float  # noise scores at or above were dropped (inf: nothing dropped by threshold)
+    gamma: float  # TaiLr γ for training the kept annotations; 0 = MLE
+    noise_level: float | None  # estimated noise fraction, where the method estimates one
+
+    def reasons(self) -> list[str]:
+        why = f"{self.method}: noise score {{:.3f}} >= threshold {self.threshold:.3f}"
+        return ["" if keep else why.format(score) for keep, score in zip(self.kept, self.noise_score)]
+
+
+def mean_nll(token_logprobs: list[np.ndarray]) -> np.ndarray:
+    return np.array([-float(np.mean(lp)) for lp in token_logprobs])
+
+
+def decide(method: str, token_logprobs: list[np.ndarray], cfg: Denoise, seed: int) -> Decision:
+    nll = mean_nll(token_logprobs)
+    everything = np.ones(len(nll), dtype=bool)
+    if method == "none":
+        return Decision(method, nll, everything, float("inf"), 0.0, None)
+    if method == "tailr":
+        weights = np.array([tailr_weights(lp, cfg.gamma, cfg.min_weight).mean() for lp in token_logprobs])
+        return Decision(method, 1.0 - weights, everything, float("inf"), cfg.gamma, None)
+    if method == "small_loss":
+        if cfg.drop_quantile == 0 or len(nll) == 0:
+            return Decision(method, nll, everything, float("inf"), 0.0, None)
+        threshold = float(np.quantile(nll, 1.0 - cfg.drop_quantile, method="higher"))
+        return Decision(method, nll, nll < threshold, threshold, 0.0, None)
+    if method == "gmm":
+        return _gmm(nll, seed)
+    if method == "adatailr":
+        fit = adatailr.estimate(nll, cfg.level_z, cfg.tail_z)
+        return Decision(method, nll, nll < fit.threshold, fit.threshold, fit.gamma, fit.noise_level)
+    raise ValueError(f"unknown noise-control method {method!r}; methods: {', '.join(METHODS)}")
+
+
+def _gmm(nll: np.ndarray, seed: int) -> Decision:
+    from sklearn.mixture import GaussianMixture
+
+    if len(nll) < 4:
+        return Decision("gmm", np.zeros(len(nll)), np.ones(len(nll), dtype=bool), float("inf"), 0.0, None)
+    mixture = GaussianMixture(n_components=2, random_state=seed, reg_covar=1e-4).fit(nll[:, None])
+    noisy_component = int(np.argmax(mixture.means_[:, 0]))
+    posterior = mixture.predict_proba(nll[:, None])[:, noisy_component]
+    kept = posterior < 0.5
+    return Decision("gmm", posterior, kept, 0.5, 0.0, float((~kept).mean()))

@@ -1,0 +1,72 @@
+"""Noise scores for any items file: `flywheel denoise score --items FILE --out FILE [--method M]`.
+
+Input: JSONL in the project's item schema (tasks/ingest/ingest.py `ItemRecord`) with an optional `annotation` per
+line (default: the line's `title`). Each annotation is scored by the current `champion` given its item, through the
+project store's LLM-call cache, and the chosen noise-control method decides. Output: JSONL with item_id,
+annotation, method, noise_score, threshold, kept, reason, plus the run's gamma and noise_level; lines that could not
+be used go to `<out>.rejects.jsonl` with file, line and field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from stores import tracking
+from stores.registry import Registry, packaged_gguf
+from stores.store import Store
+from tasks.config import Settings
+from tasks.denoise.denoise import decision_table, token_logprobs
+from tasks.denoise.methods import decide
+from tasks.errors import InputError
+from tasks.ingest.ingest import ItemRecord, ingest_jsonl
+
+
+class AnnotatedItem(ItemRecord):
+    annotation: str | None = None
+
+
+def score_file(settings: Settings, items_path: Path, out_path: Path, method: str | None = None) -> dict:
+    if not items_path.is_file():
+        raise InputError(f"{items_path}: not a file")
+    records, rejects = ingest_jsonl(items_path, AnnotatedItem)
+    if not records:
+        raise InputError(f"{items_path}: no valid items ({len(rejects)} lines rejected)")
+    cfg = settings.denoise if method is None else settings.denoise.model_copy(update={"method": method})
+    items = pd.DataFrame(records)
+    annotations = pd.DataFrame(
+        {"item_id": items["item_id"], "candidate": 0, "caption": items["annotation"].fillna(items["title"])}
+    )
+    from tasks.runner import cached_llm
+
+    experiment_id = tracking.configure(settings.path("mlflow"), settings.experiment)
+    registry = Registry(settings.model.registry_name, experiment_id, settings.path("models"))
+    model = registry.ensure_base(packaged_gguf(settings.model.gguf_package, settings.model.gguf_file))
+    with Store.open(settings.path("store")) as store:
+        logprobs = token_logprobs(
+            annotations, items, cached_llm(settings, store, model), settings.data.max_signal_chars
+        )
+    decision = decide(cfg.method, logprobs, cfg, settings.seed)
+    table = decision_table(annotations, decision).drop(columns="candidate")
+    table = table.rename(columns={"caption": "annotation"}).assign(
+        gamma=decision.gamma, noise_level=decision.noise_level, model=model.label
+    )
+    _write_jsonl(out_path, table.to_dict("records"))
+    _write_jsonl(out_path.with_suffix(".rejects.jsonl"), rejects)
+    return {
+        "scored": len(table),
+        "dropped": int((~table["kept"]).sum()),
+        "rejected": len(rejects),
+        "gamma": decision.gamma,
+    }
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    plain = lambda value: value.item() if hasattr(value, "item") else str(value)  # noqa: E731  (NumPy scalars)
+    tmp.write_text("".join(json.dumps(row, default=plain, ensure_ascii=False) + "\n" for row in rows))
+    os.replace(tmp, path)

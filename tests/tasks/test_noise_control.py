@@ -1,0 +1,103 @@
+"""AdaTaiLr and the baselines: the TaiLr weight formula, the adaptive noise level and γ on synthetic scores with a
+known tail, the methods' keep/drop decisions, and the corruptor."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tasks.config import Denoise
+from tasks.denoise.adatailr import estimate, gamma_for
+from tasks.denoise.corrupt import corrupt
+from tasks.denoise.methods import METHODS, decide
+from tasks.denoise.tailr import tailr_weights
+
+
+def test_tailr_weights_match_hand_computed_values():
+    probs = np.array([0.9, 0.5, 0.1, 0.01])
+    # p / (γ + (1 − γ) p) with γ = 0.8: 0.9/0.98, 0.5/0.9, 0.1/0.82, 0.01/0.802; then clamped to [0.2, 1]
+    expected = [0.9 / 0.98, 0.5 / 0.9, 0.2, 0.2]
+    assert tailr_weights(np.log(probs), gamma=0.8, min_weight=0.2) == pytest.approx(expected)
+    assert tailr_weights(np.log(probs), gamma=0.0, min_weight=0.0) == pytest.approx([1, 1, 1, 1])  # MLE
+    assert tailr_weights(np.log(probs), gamma=1.0, min_weight=0.0) == pytest.approx(probs)  # weight = p
+    torch_weights = tailr_weights(torch.log(torch.tensor(probs)), gamma=0.8, min_weight=0.2)
+    assert torch_weights.numpy() == pytest.approx(expected)
+    with pytest.raises(ValueError):
+        tailr_weights(np.log(probs), gamma=1.5, min_weight=0.0)
+
+
+def _scores(noise_rate: float, noise, n: int = 3000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    k = round(noise_rate * n)
+    scores = np.concatenate([rng.normal(2.0, 0.5, n - k), noise(rng, k)])
+    return scores, np.r_[np.zeros(n - k, bool), np.ones(k, bool)]
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.2, 0.4])
+@pytest.mark.parametrize(
+    "noise",
+    [
+        lambda rng, k: rng.normal(6.0, 0.5, k),  # far Gaussian
+        lambda rng, k: rng.uniform(4.5, 9.0, k),  # flat
+        lambda rng, k: 4.5 + rng.exponential(1.5, k),  # skewed
+    ],
+    ids=["far-gaussian", "uniform", "exponential"],
+)
+def test_noise_level_is_recovered_whatever_the_noise_shape(rate, noise):
+    scores, noisy = _scores(rate, noise)
+    fit = estimate(scores, level_z=1.0, tail_z=2.0)
+    assert fit.noise_level == pytest.approx(rate, abs=0.04)
+    assert fit.gamma == pytest.approx(gamma_for(fit.noise_level))
+    dropped = scores >= fit.threshold
+    assert dropped[noisy].mean() > 0.7 and noisy[dropped].mean() > 0.7  # most noise caught, mostly noise dropped
+
+
+def test_clean_data_trains_as_mle_and_keeps_the_bulk():
+    scores, _ = _scores(0.0, lambda rng, k: np.zeros(0))
+    fit = estimate(scores, level_z=1.0, tail_z=2.0)
+    assert fit.noise_level < 0.04 and fit.gamma < 0.042
+    assert (scores >= fit.threshold).mean() < 0.05  # only far outliers of the bulk can go
+
+
+def test_gamma_is_the_odds_of_the_noise_level():
+    assert gamma_for(0.0) == 0.0 and gamma_for(0.2) == pytest.approx(0.25) and gamma_for(0.5) == 1.0
+
+
+def _logprobs(rng, clean: int, noisy: int) -> list[np.ndarray]:
+    good = [np.log(rng.uniform(0.3, 0.9, rng.integers(4, 12))) for _ in range(clean)]
+    bad = [np.log(rng.uniform(0.001, 0.05, rng.integers(4, 12))) for _ in range(noisy)]
+    return good + bad
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_records_a_decision_for_every_annotation(method):
+    logprobs = _logprobs(np.random.default_rng(1), clean=40, noisy=10)
+    decision = decide(method, logprobs, Denoise(method=method), seed=0)
+    assert len(decision.noise_score) == len(decision.kept) == len(decision.reasons()) == 50
+    assert all(bool(reason) == (not kept) for reason, kept in zip(decision.reasons(), decision.kept))
+    if method in ("none", "tailr"):
+        assert decision.kept.all()
+    else:
+        assert not decision.kept[40:].any() and decision.kept[:40].mean() > 0.9  # the noisy ten go, the rest stays
+    assert decision.gamma == {"none": 0.0, "small_loss": 0.0, "gmm": 0.0, "tailr": 0.8}.get(method, decision.gamma)
+    if method == "adatailr":
+        assert decision.noise_level == pytest.approx(0.2, abs=0.05) and decision.gamma > 0
+
+
+def test_the_corruptor_is_seeded_and_labels_what_it_did():
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{n}" for n in range(50)],
+            "title": [f"A study of topic {n} with graph methods" for n in range(50)],
+            "tags": [["nlp", "graphs"], ["vision"], ["kg", "rag", "llm"]] * 16 + [["x"], ["y"]],
+        }
+    )
+    first, again = corrupt(items, 0.2, seed=3), corrupt(items, 0.2, seed=3)
+    assert first.equals(again) and not first.equals(corrupt(items, 0.2, seed=4))
+    changed = first["corruption"] != ""
+    assert changed.sum() == 10
+    assert (first.loc[changed, "annotation"] != items.loc[changed, "title"]).all()
+    assert (first.loc[~changed, "annotation"] == items.loc[~changed, "title"]).all()
+    truncated = first[first["corruption"] == "truncate"]
+    for _, row in truncated.iterrows():
+        assert items.set_index("item_id").loc[row["item_id"], "title"].startswith(row["annotation"])

@@ -1,0 +1,46 @@
+"""The noise-control benchmark runs end to end on a tiny slice (the real numbers come from the full run)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.project import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def test_noise_control_bench_smoke(tmp_path):
+    out = tmp_path / "noise_control.json"
+    args = [
+        "--items",
+        "12",
+        "--rates",
+        "0.25",
+        "--refine-steps",
+        "1",
+        "--downstream-items",
+        "8",
+        "--steps",
+        "1",
+        "--heldout",
+        "2",
+        "--out",
+        str(out),
+        "--mlflow-dir",
+        str(tmp_path / "mlflow"),
+    ]
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "noise_control.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    methods = {"adatailr", "none", "tailr", "small_loss", "gmm"}
+    assert {r["method"] for r in result["detection"]} == methods
+    assert all(0 <= r["auroc"] <= 1 for r in result["detection"] if r["method"] != "none")
+    assert {r["method"] for r in result["downstream"]} == methods | {"(starting model)"}
