@@ -172,9 +172,7 @@ def _downstream(items, heldout, model, llm, settings, args) -> list[dict]:
     subset = items.head(args.downstream_items)
     annotations = corrupt(subset, args.downstream_rate, settings.seed)
     logprobs = _scores(annotations, subset, llm(model), settings)
-    cfg = settings.retrain.model_copy(
-        update={"sft": settings.retrain.sft.model_copy(update={"max_steps": args.steps}), "dpo": settings.retrain.dpo}
-    )
+    cfg = settings.retrain.model_copy(update={"sft": settings.retrain.sft.model_copy(update={"max_steps": args.steps})})
     sampling, chars = settings.evaluate.sampling, settings.data.max_signal_chars
     start = score_captions(heldout, llm(model), sampling, chars, "start")
     rows = [{"method": "(starting model)", "kept": 0, "gamma": 0.0, **_means(start)}]
