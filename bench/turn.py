@@ -43,7 +43,7 @@ def main() -> None:
     params = {
         "paths": {"models": str(REPO / ".cache" / "models")},
         "annotate": {"items_per_turn": n},
-        "preference": {"prompts_per_turn": max(1, n // 2), "responses_per_prompt": 3},
+        "preference": {"prompts_per_turn": max(1, n // 2), "human_prompts_per_turn": 2},
         "rewrite": {"queries_per_turn": max(1, n // 2)},
         "retrain": {"sft": {"max_steps": 2, "human_items_per_turn": max(1, n // 2)}, "dpo": {"max_steps": 1}},
         "evaluate": {"items": args.heldout_items},

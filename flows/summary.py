@@ -22,7 +22,11 @@ def _note(stage: str, m: dict, summary: dict) -> str:
             f"TaiLr γ {m.get('gamma', 0):.2f}"
         )
     if stage == "preference":
-        return f"{m.get('pairs', 0)} pairs from {m.get('responses', 0)} responses"
+        return (
+            f"{m.get('prompts', 0)} prompts ({m.get('categories', 0)} categories) → {m.get('responses', 0)} responses "
+            f"({m.get('responses_filtered', 0)} filtered) → {m.get('pairs', 0)} pairs, "
+            f"{m.get('pairs_corrected', 0)} corrected by humans, {m.get('pairs_queued', 0)} queued for labelling"
+        )
     if stage == "rewrite":
         before = next((v for k, v in m.items() if k.endswith("_original")), float("nan"))
         after = next((v for k, v in m.items() if k.endswith("_rewritten")), float("nan"))
@@ -30,7 +34,7 @@ def _note(stage: str, m: dict, summary: dict) -> str:
     if stage == "retrain":
         return (
             f"v{summary.get('candidate_version')}: SFT {m.get('sft_synthetic', 0)} synthetic + "
-            f"{m.get('sft_human', 0)} human, DPO {m.get('dpo_pairs', 0)} pairs"
+            f"{m.get('sft_human', 0)} human, DPO {m.get('dpo_pairs_trained', 0)} pairs"
         )
     if stage == "evaluate":
         return f"{int(m.get('items', 0))} held-out items, starting model and candidate"

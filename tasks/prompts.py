@@ -35,6 +35,11 @@ def caption_messages(item: dict, max_signal_chars: int) -> Messages:
     ]
 
 
+def item_content(item: dict) -> str:
+    """The document a caption is judged against: the abstract, else the curator comment."""
+    return item.get("abstract") or item.get("comment") or ""
+
+
 def first_line(text: str) -> str:
     """A caption is one line: the first non-empty line of the completion."""
     return next((line.strip() for line in text.splitlines() if line.strip()), "")

@@ -27,7 +27,6 @@ from tasks.errors import FlywheelError
 from tasks.evaluate import PROMOTE_STAGE as PROMOTE
 from tasks.evaluate import STAGE as EVALUATE
 from tasks.ingest import STAGE as INGEST
-from tasks.ingest.ingest import source_fingerprint
 from tasks.llm.cached import CachedLLM
 from tasks.preference import STAGE as PREFERENCE
 from tasks.retrain import STAGE as RETRAIN
@@ -89,7 +88,7 @@ def batch_ids(settings: Settings, turn: int, start_model: ModelRef | None) -> di
                 "upstream": {up: visit(up) for up in spec.upstream},
                 "turn": turn if spec.per_turn else None,
                 "model": start_model.fingerprint if spec.per_turn and start_model else None,
-                "input": source_fingerprint(settings.root, settings.data.source) if name == "ingest" else None,
+                "input": spec.input_fingerprint(settings) if spec.input_fingerprint else None,
             }
             ids[name] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
         return ids[name]

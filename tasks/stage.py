@@ -28,6 +28,7 @@ class StageDef:
     run: Callable[[StageContext], StageOutput]
     uses_model: bool = True  # generates, scores or trains: a GPU stage
     per_turn: bool = True
+    input_fingerprint: Callable[[Settings], str | None] | None = None  # files read besides tables (in the batch id)
 
 
 @dataclass
@@ -64,9 +65,7 @@ class StageContext:
     def items(self, split: str) -> pd.DataFrame:
         """Items of one split in a fixed, seeded order (the same order every turn)."""
         items = self.read("ingest", "items")
-        items = items[items["split"] == split].copy()
-        items["_order"] = [_order_key(self.settings.seed, item_id) for item_id in items["item_id"]]
-        return items.sort_values("_order").drop(columns="_order").reset_index(drop=True)
+        return seeded_order(items[items["split"] == split], self.settings.seed)
 
     def turn_slice(self, split: str, count: int) -> pd.DataFrame:
         """This turn's `count` items of a split: consecutive windows over the seeded order, wrapping around."""
@@ -78,8 +77,10 @@ class StageContext:
         return items.iloc[positions].reset_index(drop=True)
 
 
-def _order_key(seed: int, item_id: str) -> str:
-    return hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest()
+def seeded_order(items: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Items in a fixed order that depends only on the seed and their ids."""
+    keys = [hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest() for item_id in items["item_id"]]
+    return items.assign(_order=keys).sort_values("_order").drop(columns="_order").reset_index(drop=True)
 
 
 def derive_seed(*parts) -> int:

@@ -16,11 +16,11 @@ TINY = {
     "data": {"max_signal_chars": 300},
     "model": {"batch_size": 8},
     "annotate": {"items_per_turn": 8},
-    "preference": {"prompts_per_turn": 4, "responses_per_prompt": 3},
+    "preference": {"prompts_per_turn": 4, "human_prompts_per_turn": 2},
     "rewrite": {"queries_per_turn": 4},
     "retrain": {
         "sft": {"max_steps": 2, "batch_size": 4, "human_items_per_turn": 4},
-        "dpo": {"max_steps": 1, "batch_size": 2, "gradient_accumulation": 1},
+        "dpo": {"max_steps": 2, "batch_size": 2, "gradient_accumulation": 1},
     },
     "evaluate": {"items": 4},
 }

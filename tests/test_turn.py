@@ -52,6 +52,30 @@ def test_every_stage_ran_through_prefect_and_produced_rows(turn):
     assert evaluation["items"] == 4 and 0 <= evaluation["start_rouge_l"] <= 1
 
 
+def test_preference_data_went_through_the_four_steps_into_dpo_rounds(turn):
+    settings, results = turn
+    tables = _tables(settings)
+    prompts, responses = tables["preference_prompts"], tables["preference_responses"]
+    kept = prompts[prompts["kept"]]
+    assert (kept["split"] == "train").sum() == 4 and (kept["split"] == "human").sum() == 2  # TINY quotas
+    assert set(responses["item_id"]) == set(kept["item_id"])
+    assert set(responses.loc[responses["generator"] == "human", "item_id"]) == set(
+        kept.loc[kept["split"] == "human", "item_id"]
+    )
+    # turn 1: champion = base = v1, so the matrix is v1 at T0.7 and T1.0 (two responses each) plus the human titles
+    assert sorted(set(responses["generator"]) - {"human"}) == [
+        "flywheel-policy/v1 T0.7 p0.95",
+        "flywheel-policy/v1 T1 p0.95",
+    ]
+    metrics = {r["stage"]: r["metrics"] for r in results}
+    assert metrics["preference"]["responses"] == len(responses) == 4 * 6 + 2
+    pairs = tables["preference_pairs"]
+    assert metrics["preference"]["pairs"] == pairs["kept"].sum() and set(pairs["item_id"]) <= set(kept["item_id"])
+    dpo = tables["training_examples"].query("kind == 'dpo'")
+    assert len(dpo) == metrics["retrain"]["dpo_pairs_trained"]
+    assert dpo["phase"].nunique() <= 2  # two DPO rounds (the second on regenerated pairs)
+
+
 def test_rows_carry_lineage_and_the_heldout_split_is_never_trained_on(turn):
     settings, _ = turn
     tables = _tables(settings)
@@ -61,7 +85,8 @@ def test_rows_carry_lineage_and_the_heldout_split_is_never_trained_on(turn):
     assert len(set().union(*(set(frame["run_id"]) for frame in tables.values()))) == 1  # the turn's MLflow run
     items = tables["items"]
     heldout = set(items.loc[items["split"] == "heldout", "item_id"])
-    for name in ("annotations", "denoised", "responses", "pairs", "rewrites", "training_examples"):
+    trained_or_labelled = ("annotations", "denoised", "preference_prompts", "preference_responses", "preference_pairs")
+    for name in (*trained_or_labelled, "label_queue", "rewrites", "training_examples"):
         assert not heldout & set(tables[name]["item_id"]), f"held-out item in {name}"
     assert set(tables["scoreboard"]["item_id"]) <= heldout
     denoised = tables["denoised"]
@@ -142,7 +167,7 @@ def test_the_cli_summary_of_the_finished_turn(turn, capsys):
 def test_dvc_repro_reuses_the_turn_and_a_param_change_reruns_only_its_dependents(turn):
     settings, _ = turn
     folder = settings.root
-    for name in ("tasks", "stores", "flows"):
+    for name in ("tasks", "stores", "flows", "labels"):
         shutil.copytree(REPO / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", folder / "dvc.yaml")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

@@ -173,5 +173,12 @@ def source_fingerprint(root: Path, source: str) -> str:
 
 
 STAGE = StageDef(
-    name="ingest", outputs=(ITEMS,), upstream=(), sections=("data",), run=run, uses_model=False, per_turn=False
+    name="ingest",
+    outputs=(ITEMS,),
+    upstream=(),
+    sections=("data",),
+    run=run,
+    uses_model=False,
+    per_turn=False,
+    input_fingerprint=lambda settings: source_fingerprint(settings.root, settings.data.source),
 )

@@ -1,4 +1,3 @@
-from tasks.preference.preference import PAIRS, RESPONSES, STAGE, make_pairs
-from tasks.preference.scorer import rule_violations, score_responses
+from tasks.preference.preference import LABEL_QUEUE, PAIRS, PROMPTS, RESPONSES, STAGE, collect_pairs
 
-__all__ = ["PAIRS", "RESPONSES", "STAGE", "make_pairs", "rule_violations", "score_responses"]
+__all__ = ["LABEL_QUEUE", "PAIRS", "PROMPTS", "RESPONSES", "STAGE", "collect_pairs"]

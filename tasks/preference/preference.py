@@ -1,101 +1,207 @@
-"""Preference data: several sampled responses per prompt, scored by the external scorer; per prompt the best and the
-worst become chosen and rejected when the scorer separates them clearly. The four-step collection, TSO and
-Iter-W2S-RLAIF replace this in their own issue, behind the same tables.
+"""Preference data in four steps (arXiv 2406.16486), each its own module and table, with TSO's model matrix, human
+responses and human correction (arXiv 2409.02118) and Iter-W2S-RLAIF's response distribution set and external
+scorer (arXiv 2411.16201):
 
-Input: `items` (train split, this turn's window).
-Output columns (`responses`): item_id, response_idx, text, similarity, violations, score.
-Output columns (`pairs`): item_id, chosen, rejected, chosen_score, rejected_score, gap.
+1. prompts (`collect_prompts`): deduplicated, balanced across categories   → table preference_prompts
+2. responses (`generate_responses`): model matrix + human references        → table preference_responses
+3. filtering (`filter_responses`): degenerate responses, near ties, both bad → kept/reason in both tables
+4. labelling (`label_pairs`): external scorer, human correction, queue      → preference_pairs, label_queue
+
+`collect_pairs` runs steps 3–4 on generated responses; the retrain stage calls it again when it regenerates the
+policy's responses between DPO rounds (TSO's iterative reference update), so both places label alike.
+
+Input: `items` (this turn's train and human windows).
 """
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 import pandas as pd
 
 from stores.schema import Column, TableSpec
-from tasks.config import Preference
-from tasks.preference.scorer import RULE_PENALTY, score_responses
-from tasks.prompts import sample_captions
+from tasks.config import Preference, Settings
+from tasks.preference.collect_prompts import collect_prompts, tag_counts
+from tasks.preference.filter_responses import filter_responses, select_pairs
+from tasks.preference.generate_responses import generate_responses, human_responses, resolve_matrix
+from tasks.preference.label_pairs import (
+    ai_labels,
+    apply_human_labels,
+    correct_with_references,
+    labelling_queue,
+    read_labels,
+)
+from tasks.preference.scorer import LLMJudge, Scorer
+from tasks.prompts import item_content
 from tasks.stage import StageContext, StageDef, StageOutput
 
-RESPONSES = TableSpec(
-    "responses",
+_TEXT = Column("text", "VARCHAR", max_length=4000)
+PROMPTS = TableSpec(
+    "preference_prompts",
     (
         Column("item_id", "VARCHAR", min_length=1),
-        Column("response_idx", "INTEGER", min_value=0),
-        Column("text", "VARCHAR", max_length=4000),
-        Column("similarity", "DOUBLE", min_value=-1.0, max_value=1.0),
-        Column("violations", "VARCHAR"),
-        Column("score", "DOUBLE", min_value=-1.0 - 5 * RULE_PENALTY, max_value=1.0),
-    ),
-    key=("item_id", "response_idx"),
-)
-PAIRS = TableSpec(
-    "pairs",
-    (
-        Column("item_id", "VARCHAR", min_length=1),
-        Column("chosen", "VARCHAR", min_length=1),
-        Column("rejected", "VARCHAR"),
-        Column("chosen_score", "DOUBLE"),
-        Column("rejected_score", "DOUBLE"),
-        Column("gap", "DOUBLE", min_value=0.0),
+        Column("split", "VARCHAR", min_length=1),
+        Column("category", "VARCHAR", min_length=1),
+        Column("kept", "BOOLEAN"),
+        Column("reason", "VARCHAR"),
     ),
     key=("item_id",),
 )
+RESPONSES = TableSpec(
+    "preference_responses",
+    (
+        Column("item_id", "VARCHAR", min_length=1),
+        Column("generator", "VARCHAR", min_length=1),
+        Column("generator_version", "INTEGER", min_value=0),
+        Column("response_idx", "INTEGER", min_value=0),
+        _TEXT,
+        Column("similarity", "DOUBLE", min_value=-1.0, max_value=1.0),
+        Column("judge", "DOUBLE", nullable=True, min_value=0.0, max_value=1.0),
+        Column("violations", "VARCHAR"),
+        Column("score", "DOUBLE", min_value=-10.0, max_value=10.0),
+        Column("kept", "BOOLEAN"),
+        Column("reason", "VARCHAR"),
+    ),
+    key=("item_id", "generator", "response_idx"),
+)
+PAIRS = TableSpec(
+    "preference_pairs",
+    (
+        Column("pair_id", "VARCHAR", min_length=16),
+        Column("item_id", "VARCHAR", min_length=1),
+        Column("chosen", "VARCHAR", min_length=1),
+        Column("rejected", "VARCHAR", min_length=1),
+        Column("chosen_generator", "VARCHAR", min_length=1),
+        Column("rejected_generator", "VARCHAR", min_length=1),
+        Column("chosen_score", "DOUBLE"),
+        Column("rejected_score", "DOUBLE"),
+        Column("label_source", "VARCHAR", min_length=1),  # ai | human_reference | human_label
+        Column("corrected", "BOOLEAN"),
+        Column("kept", "BOOLEAN"),
+        Column("reason", "VARCHAR"),
+    ),
+    key=("item_id",),
+)
+LABEL_QUEUE = TableSpec(
+    "label_queue",
+    (
+        Column("pair_id", "VARCHAR", min_length=16),
+        Column("item_id", "VARCHAR", min_length=1),
+        Column("response_a", "VARCHAR", min_length=1),
+        Column("response_b", "VARCHAR", min_length=1),
+        Column("ai_preferred", "VARCHAR", min_length=1),
+        Column("human_preferred", "VARCHAR"),
+        Column("status", "VARCHAR", min_length=1),
+    ),
+    key=("pair_id",),
+)
 
 
-def item_content(item: dict) -> str:
-    return item.get("abstract") or item.get("comment") or ""
+def make_scorer(settings: Settings, get_version, client_for) -> Scorer:
+    cfg = settings.preference
+    judge = None
+    if cfg.judge_version is not None:
+        judge = LLMJudge(client_for(get_version(cfg.judge_version)), settings.data.max_signal_chars)
+    return Scorer(cfg.min_chars, cfg.max_chars, judge, cfg.judge_weight)
 
 
-def sample_responses(items: pd.DataFrame, llm, cfg: Preference, max_signal_chars: int, seed: int) -> pd.DataFrame:
-    samples = sample_captions(items, llm, cfg.responses_per_prompt, cfg.sampling, max_signal_chars, seed, "preference")
-    texts = [g.text.strip() for _, _, g in samples]
-    contents = [item_content(item) for item, _, _ in samples]
-    sims, violations, scores = score_responses(texts, contents, cfg.min_chars, cfg.max_chars)
-    return pd.DataFrame(
-        {
-            "item_id": [item["item_id"] for item, _, _ in samples],
-            "response_idx": [index for _, index, _ in samples],
-            "text": texts,
-            "similarity": sims,
-            "violations": [",".join(v) for v in violations],
-            "score": scores,
-        }
-    )
+def collect_pairs(
+    responses: pd.DataFrame, items: pd.DataFrame, cfg: Preference, scorer: Scorer, labels: dict[str, str], seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Steps 3–4 on unscored responses: (scored + filtered responses, labelled pairs, labelling queue)."""
+    contents = items.set_index("item_id").apply(lambda item: item_content(item.to_dict()), axis=1)
+    scored = responses.reset_index(drop=True)
+    scored = scored.assign(**scorer(list(scored["text"]), [contents[i] for i in scored["item_id"]]))
+    filtered = filter_responses(scored)
+    pairs = ai_labels(select_pairs(filtered, cfg.min_score_gap, cfg.min_chosen_score))
+    if cfg.correct_with_humans:
+        pairs = correct_with_references(pairs, filtered)
+    queue = labelling_queue(pairs, cfg.human_label_share, seed)
+    if cfg.correct_with_humans:
+        pairs, queue = apply_human_labels(pairs, queue, labels)
+    return filtered, pairs, queue
 
 
-def make_pairs(responses: pd.DataFrame, min_score_gap: float) -> pd.DataFrame:
-    """Best vs worst per item; kept when the best breaks no rule and the gap is at least min_score_gap."""
-    rows = []
-    for item_id, group in responses.groupby("item_id", sort=True):
-        ranked = group.sort_values(["score", "response_idx"], ascending=[False, True])
-        best, worst = ranked.iloc[0], ranked.iloc[-1]
-        gap = float(best["score"] - worst["score"])
-        if best["violations"] or gap < min_score_gap or best["text"] == worst["text"]:
-            continue
-        rows.append((item_id, best["text"], worst["text"], float(best["score"]), float(worst["score"]), gap))
-    return pd.DataFrame(rows, columns=list(PAIRS.column_names))
+def model_roles(ctx: StageContext) -> dict:
+    previous = ctx.store.turn_start_version(ctx.turn - 1) if ctx.turn > 1 else None
+    return {
+        "champion": ctx.start_model,
+        "previous": ctx.registry.get(previous) if previous is not None else None,
+        "base": ctx.registry.find_by_tag("origin", "packaged-gguf"),
+    }
+
+
+def step_counts(prompts, responses, pairs, queue) -> dict[str, float]:
+    kept_pairs = pairs[pairs["kept"]] if len(pairs) else pairs
+    return {
+        "prompts_candidates": len(prompts),
+        "prompts_exact_duplicates": int((prompts["reason"] == "exact_duplicate").sum()),
+        "prompts_near_duplicates": int((prompts["reason"] == "near_duplicate").sum()),
+        "prompts": int(prompts["kept"].sum()),
+        "responses": len(responses),
+        "responses_human": int((responses["generator"] == "human").sum()),
+        "responses_filtered": int((~responses["kept"]).sum()),
+        "pairs_candidates": len(pairs),
+        "pairs_near_tie": int((pairs["reason"] == "near_tie").sum()),
+        "pairs_both_bad": int((pairs["reason"] == "both_bad").sum()),
+        "pairs": len(kept_pairs),
+        "pairs_queued": len(queue),
+        "pairs_human_labelled": int((queue["status"] == "labelled").sum()),
+        "pairs_corrected": int(kept_pairs["corrected"].sum()) if len(kept_pairs) else 0,
+        "mean_gap": float(np.mean(kept_pairs["chosen_score"] - kept_pairs["rejected_score"]))
+        if len(kept_pairs)
+        else 0.0,
+    }
 
 
 def run(ctx: StageContext) -> StageOutput:
-    cfg = ctx.settings.preference
-    items = ctx.turn_slice("train", cfg.prompts_per_turn)
-    responses = sample_responses(items, ctx.llm, cfg, ctx.settings.data.max_signal_chars, ctx.settings.seed)
-    pairs = make_pairs(responses, cfg.min_score_gap)
-    metrics = {
-        "prompts": len(items),
-        "responses": len(responses),
-        "responses_with_violations": int((responses["violations"] != "").sum()),
-        "pairs": len(pairs),
-        "mean_gap": float(pairs["gap"].mean()) if len(pairs) else 0.0,
+    settings, cfg = ctx.settings, ctx.settings.preference
+    pool = pd.concat(
+        [
+            ctx.turn_slice("train", cfg.prompts_per_turn * cfg.pool_factor),
+            ctx.turn_slice("human", cfg.human_prompts_per_turn * cfg.pool_factor),
+        ],
+        ignore_index=True,
+    )
+    quotas = {"train": cfg.prompts_per_turn, "human": cfg.human_prompts_per_turn}
+    counts = tag_counts(ctx.read("ingest", "items"))
+    prompts = collect_prompts(pool, quotas, counts, cfg.near_duplicate, settings.data.max_signal_chars)
+    items = pool[prompts["kept"].to_numpy()]
+    generators, skipped = resolve_matrix(cfg.matrix, model_roles(ctx), ctx.registry.get, cfg.max_new_tokens)
+    responses = generate_responses(items, generators, ctx.llm_factory, settings.data.max_signal_chars, settings.seed)
+    responses = pd.concat([responses, human_responses(items)], ignore_index=True)
+    scorer = make_scorer(settings, ctx.registry.get, ctx.llm_factory)
+    labels = read_labels(settings.path("labels"))
+    responses, pairs, queue = collect_pairs(responses, items, cfg, scorer, labels, settings.seed)
+    metrics = step_counts(prompts, responses, pairs, queue)
+    kept_categories = prompts[prompts["kept"]]["category"].value_counts().sort_index()
+    summary = {
+        "generators": [g.label for g in generators],
+        "skipped_cells": skipped,
+        "category_counts": {str(k): int(v) for k, v in kept_categories.items()},
+        "human_signal": "human labels + references" if metrics["pairs_human_labelled"] else "human references only",
     }
-    return StageOutput({"responses": responses, "pairs": pairs}, rows_in=len(items), metrics=metrics)
+    tables = {"preference_prompts": prompts, "preference_responses": responses, "preference_pairs": pairs}
+    return StageOutput(
+        {**tables, "label_queue": queue},
+        rows_in=len(pool),
+        metrics={**metrics, "categories": len(kept_categories)},
+        summary=summary,
+    )
+
+
+def labels_fingerprint(settings: Settings) -> str:
+    """Human labels are an input: new labels make a new batch (a missing file counts as an empty one)."""
+    path = settings.path("labels")
+    return hashlib.sha256(path.read_bytes() if path.exists() else b"").hexdigest()[:16]
 
 
 STAGE = StageDef(
     name="preference",
-    outputs=(RESPONSES, PAIRS),
+    outputs=(PROMPTS, RESPONSES, PAIRS, LABEL_QUEUE),
     upstream=("ingest",),
     sections=("data", "preference"),
     run=run,
+    input_fingerprint=labels_fingerprint,
 )

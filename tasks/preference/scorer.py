@@ -1,18 +1,27 @@
-"""The external scorer: judges responses without asking the policy. It is MiniLM similarity between a response and
-its item's content (abstract or curator comment) minus a fixed penalty per violated format rule. A caption that
-restates the instruction ("The title is ...") or runs on over several lines loses to a plain, on-topic title.
+"""The external scoring function (Iter-W2S-RLAIF): responses are judged by something that is not the policy.
+
+Two parts, both swappable: MiniLM similarity between a response and its item's content (abstract or curator comment)
+minus a fixed penalty per violated format rule, and optionally an LLM judge, a *separate* registered model version
+asked whether the title fits the document; its P(Yes) (against P(No), from log-probs of the two answers) adds
+`judge_weight · (P(Yes) − 0.5)`. A caption that restates the instruction or runs over several lines loses to a
+plain, on-topic title.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
 from tasks.llm.embeddings import similarity
+from tasks.prompts import clip
 
 RULE_PENALTY = 0.25
 _META = re.compile(r"\b(title is|one-line title|this document|here is|the title)\b", re.IGNORECASE)
+JUDGE_SYSTEM = "You check titles of documents."
+JUDGE_QUESTION = "Is this title accurate and specific for the document? Answer Yes or No."
 
 
 def rule_violations(text: str, min_chars: int, max_chars: int) -> list[str]:
@@ -32,10 +41,49 @@ def rule_violations(text: str, min_chars: int, max_chars: int) -> list[str]:
     return found
 
 
-def score_responses(
-    texts: list[str], contents: list[str], min_chars: int, max_chars: int
-) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
-    """(similarity, violations, score) per response; a higher score is better."""
-    violations = [rule_violations(t, min_chars, max_chars) for t in texts]
-    sims = similarity([t.strip() or "(empty)" for t in texts], contents)
-    return sims, violations, sims - RULE_PENALTY * np.array([len(v) for v in violations], dtype=float)
+@dataclass
+class LLMJudge:
+    """P(Yes) of a judge model asked whether a title fits its document; `llm` is a cached client of the judge."""
+
+    llm: object
+    max_signal_chars: int
+
+    def __call__(self, texts: list[str], contents: list[str]) -> np.ndarray:
+        prompts = [
+            [
+                {"role": "system", "content": JUDGE_SYSTEM},
+                {
+                    "role": "user",
+                    "content": f"Document: {clip(c, self.max_signal_chars)}\nTitle: {t.strip()}\n\n{JUDGE_QUESTION}",
+                },
+            ]
+            for t, c in zip(texts, contents)
+        ]
+        answers = [(p, answer) for p in prompts for answer in ("Yes", "No")]
+        scored = self.llm.score([p for p, _ in answers], [a for _, a in answers], desc="judge")
+        logps = [sum(s.token_logprobs) for s in scored]
+        return np.array([1.0 / (1.0 + math.exp(no - yes)) for yes, no in zip(logps[::2], logps[1::2])])
+
+
+@dataclass
+class Scorer:
+    min_chars: int
+    max_chars: int
+    judge: LLMJudge | None = None
+    judge_weight: float = 0.0
+
+    def __call__(self, texts: list[str], contents: list[str]) -> dict[str, list]:
+        """Columns similarity, judge (NaN without a judge), violations (comma-joined) and score (higher is better)."""
+        violations = [rule_violations(t, self.min_chars, self.max_chars) for t in texts]
+        sims = similarity([t.strip() or "(empty)" for t in texts], contents) if texts else np.zeros(0)
+        scores = sims - RULE_PENALTY * np.array([len(v) for v in violations], dtype=float)
+        judged = np.full(len(texts), np.nan)
+        if self.judge is not None and texts:
+            judged = self.judge(texts, contents)
+            scores = scores + self.judge_weight * (judged - 0.5)
+        return {
+            "similarity": sims.tolist(),
+            "judge": judged.tolist(),
+            "violations": [",".join(v) for v in violations],
+            "score": scores.tolist(),
+        }

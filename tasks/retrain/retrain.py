@@ -1,13 +1,15 @@
-"""Retraining: TRL SFT on the kept annotations and the human-refinement examples, then TRL DPO on the pairs, starting
-from the turn's model. The result is logged to MLflow and registered as the next `flywheel-policy` version with the
-alias `candidate`; promotion is a separate, explicit gate (`tasks/evaluate/promote.py`).
+"""Retraining: TRL SFT on the kept annotations and the human-refinement examples, then DPO rounds on the preference
+pairs (dual-clip reward, reference update and policy regeneration each round, optional weak-to-strong extrapolation:
+tasks/retrain/dpo.py), starting from the turn's model. The result is logged to MLflow and registered as the next
+`flywheel-policy` version with the alias `candidate`; promotion is a separate, explicit gate
+(`tasks/evaluate/promote.py`).
 
 As in the Video DataFlywheel recipe, synthetic data trains first and the human refinement set last (`human_order`
 param: after / before / mixed); each SFT phase gets a share of `max_steps` proportional to its size. A model
 registered for this batch is reused, so a retried stage never trains or registers twice.
 
-Input: `denoised` (kept rows), `items` (human split, this turn's window), `pairs`.
-Output columns (`training_examples`): item_id, kind, candidate, phase, target.
+Input: `denoised` (kept rows), `items` (human split, this turn's window), `preference_pairs` (kept rows).
+Output columns (`training_examples`): item_id, kind, candidate, phase (DPO rounds follow the SFT phases), target.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from stores.registry import CANDIDATE, WEIGHTS, sha256_file
 from stores.schema import Column, TableSpec
 from tasks.config import Retrain, Sft
 from tasks.prompts import caption_messages
+from tasks.retrain.regenerate import policy_refresher
 from tasks.stage import StageContext, StageDef, StageOutput
 
+DPO_PAIRS = "dpo_pairs.jsonl"  # saved with the model: what its DPO rounds trained on
 TRAINING_EXAMPLES = TableSpec(
     "training_examples",
     (
@@ -90,12 +94,17 @@ def train(
     seed: int,
     out: Path,
     tailr: tuple[float, float] = (0.0, 0.0),
+    refresh=None,
 ):
-    """SFT phases then DPO; saves the model to `out`; returns per-step losses {name: [loss, ...]}.
-    `tailr` = (γ, min_weight) for phases with synthetic annotations; γ = 0 trains them with plain MLE."""
+    """SFT phases then DPO rounds (tasks/retrain/dpo.py); saves the model to `out`. Returns (per-step losses
+    {name: [loss, ...]}, the DPO pairs trained on with their round). `tailr` = (γ, min_weight) for phases with
+    synthetic annotations; γ = 0 trains them with plain MLE. `refresh(round, model, tokenizer, pairs)` may replace
+    a later round's pairs."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+    from trl import DPOConfig, SFTConfig, SFTTrainer
+
+    from tasks.retrain.dpo import train_dpo
 
     tokenizer = AutoTokenizer.from_pretrained(start_path)
     model = AutoModelForCausalLM.from_pretrained(start_path)
@@ -125,25 +134,19 @@ def train(
         trainer.train()
         model = trainer.model
         losses[f"sft_loss_phase{number}"] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    trained_pairs = pairs.iloc[0:0].assign(round=0)
     if len(pairs) and cfg.dpo.max_steps:
-        data = Dataset.from_list(
-            [
-                {
-                    "prompt": p,
-                    "chosen": [{"role": "assistant", "content": c}],
-                    "rejected": [{"role": "assistant", "content": r}],
-                }
-                for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"])
-            ]
-        )
-        args = _trainer_args(DPOConfig, out / "dpo", cfg.dpo.max_steps, cfg.dpo, cfg, seed, beta=cfg.dpo.beta)
-        trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
-        trainer.train()
-        model = trainer.model
-        losses["dpo_loss"] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        dpo = cfg.dpo
+
+        def make_args(number: int, steps: int):
+            return _trainer_args(DPOConfig, out / f"dpo-{number}", steps, dpo, cfg, seed, beta=dpo.beta)
+
+        round_refresh = (lambda number, policy, chunk: refresh(number, policy, tokenizer, chunk)) if refresh else None
+        model, dpo_losses, trained_pairs = train_dpo(model, tokenizer, pairs, dpo, make_args, round_refresh)
+        losses.update(dpo_losses)
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
-    return losses
+    return losses, trained_pairs
 
 
 def training_data(ctx: StageContext) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -157,7 +160,8 @@ def training_data(ctx: StageContext) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
     human = pd.DataFrame(
         {"item_id": human_items["item_id"], "candidate": 0, "target": human_items["title"], "kind": "sft-human"}
     )
-    pairs = ctx.read("preference", "pairs")
+    pairs = ctx.read("preference", "preference_pairs")
+    pairs = pairs[pairs["kept"]].reset_index(drop=True)
     for frame in (synthetic, human, pairs):
         frame["prompt"] = [
             caption_messages(items.loc[i].to_dict(), settings.data.max_signal_chars) for i in frame["item_id"]
@@ -168,32 +172,46 @@ def training_data(ctx: StageContext) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
 def run(ctx: StageContext) -> StageOutput:
     cfg = ctx.settings.retrain
     synthetic, human, pairs = training_data(ctx)
-    phases = sft_phases(synthetic, human, cfg.sft, ctx.settings.seed)
+    phases = sft_phases(synthetic, human, cfg.sft, ctx.settings.seed) if cfg.sft.max_steps else []
     noise_control = ctx.upstream_summary("denoise")
     candidate = ctx.registry.find_by_tag("batch_id", ctx.batch_id)
     if candidate is None:
         staging = Path(tempfile.mkdtemp(prefix=".train-", dir=ctx.settings.path("models")))
         try:
             tailr = (noise_control["gamma"], noise_control["min_weight"])
-            losses = train(ctx.start_model.path, phases, pairs, cfg, ctx.settings.seed, staging, tailr)
+            refresh = policy_refresher(ctx, staging) if cfg.dpo.regenerate else None
+            losses, trained_pairs = train(
+                ctx.start_model.path, phases, pairs, cfg, ctx.settings.seed, staging, tailr, refresh
+            )
             for name, values in losses.items():
                 for step, value in enumerate(values, start=1):
                     ctx.mlrun.log_metrics({name: value}, step=step)
+            trained_pairs.drop(columns="prompt").to_json(staging / "model" / DPO_PAIRS, orient="records", lines=True)
             source = ctx.mlrun.log_artifacts(staging / "model", "model")
             tags = {"batch_id": ctx.batch_id, "turn": str(ctx.turn), "parent_version": str(ctx.start_model.version)}
             candidate = ctx.registry.register(source, ctx.mlrun.run_id, sha256_file(staging / "model" / WEIGHTS), tags)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     ctx.registry.set_alias(CANDIDATE, candidate.version)
+    trained_pairs = pd.read_json(candidate.path / DPO_PAIRS, orient="records", lines=True, dtype={"item_id": str})
+    dpo_rows = pd.DataFrame(
+        {
+            "item_id": trained_pairs.get("item_id", pd.Series(dtype=str)),
+            "kind": "dpo",
+            "candidate": 0,
+            "phase": len(phases) + trained_pairs.get("round", pd.Series(dtype=int)),
+            "target": trained_pairs.get("chosen", pd.Series(dtype=str)),
+        }
+    )
     examples = pd.concat(
-        [phase.assign(phase=number) for number, phase in enumerate(phases)]
-        + [pairs.assign(kind="dpo", candidate=0, phase=len(phases), target=pairs["chosen"])],
-        ignore_index=True,
+        [phase.assign(phase=number) for number, phase in enumerate(phases)] + [dpo_rows], ignore_index=True
     )
     metrics = {
         "sft_synthetic": len(synthetic),
         "sft_human": len(human),
         "dpo_pairs": len(pairs),
+        "dpo_pairs_trained": len(trained_pairs),
+        "dpo_pairs_corrected": int(trained_pairs["corrected"].sum()) if len(trained_pairs) else 0,
         "tailr_gamma": noise_control["gamma"],
     }
     summary = {"candidate_version": candidate.version, "candidate_fingerprint": candidate.fingerprint}

@@ -1,4 +1,4 @@
-"""Pure stage logic on hand-made tables (no model): noise tail, pair selection, rules, fusion, metrics, gates."""
+"""Pure stage logic on hand-made tables (no model): noise tail, rules, fusion, metrics, gates."""
 
 import pandas as pd
 import pytest
@@ -7,7 +7,6 @@ from stores.index import reciprocal_rank_fusion
 from tasks.config import Sft
 from tasks.evaluate.evaluate import rouge_l, summarize
 from tasks.evaluate.promote import decide
-from tasks.preference.preference import make_pairs
 from tasks.preference.scorer import rule_violations
 from tasks.retrain.retrain import phase_steps, sft_phases
 from tasks.rewrite.rewrite import tag_precision
@@ -26,22 +25,6 @@ from tasks.rewrite.rewrite import tag_precision
 )
 def test_format_rules(text, expected):
     assert rule_violations(text, min_chars=8, max_chars=160) == expected
-
-
-def test_pairs_take_best_and_worst_and_skip_unclear_ones():
-    responses = pd.DataFrame(
-        {
-            "item_id": ["a", "a", "a", "b", "b", "c", "c"],
-            "response_idx": [0, 1, 2, 0, 1, 0, 1],
-            "text": ["good", "bad", "mid", "close one", "close two", "rule breaker", "worse"],
-            "violations": ["", "too_short", "", "", "", "multi_line", ""],
-            "score": [0.8, 0.1, 0.5, 0.50, 0.52, 0.9, 0.2],
-        }
-    )
-    pairs = make_pairs(responses, min_score_gap=0.05)
-    assert list(pairs["item_id"]) == ["a"]  # b: gap below threshold; c: the best breaks a rule
-    assert (pairs.loc[0, "chosen"], pairs.loc[0, "rejected"]) == ("good", "bad")
-    assert pairs.loc[0, "gap"] == pytest.approx(0.7)
 
 
 def test_reciprocal_rank_fusion_by_hand():
