@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import stores  # noqa: E402,F401
+from bench.common import log_bench_run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -238,18 +239,14 @@ def _report(result: dict, out: Path) -> None:
 
 
 def _log_mlflow(result: dict, out: Path, mlflow_dir: Path) -> None:
-    import mlflow
-    from stores import tracking
-
-    experiment = tracking.configure(mlflow_dir, "flywheel-bench")
-    with mlflow.start_run(experiment_id=experiment, run_name="noise_control"):
-        mlflow.log_params(result["args"])
-        for r in result["detection"]:
-            if r["auroc"] is not None:
-                mlflow.log_metric(f"auroc_{r['scorer']}_{r['method']}_{int(r['rate'] * 100)}", r["auroc"])
-        for r in result["downstream"]:
-            mlflow.log_metric(f"downstream_rouge_l_{r['method'].strip('()').replace(' ', '_')}", r["rouge_l"])
-        mlflow.log_artifact(str(out))
+    metrics = {
+        f"auroc_{r['scorer']}_{r['method']}_{int(r['rate'] * 100)}": r["auroc"]
+        for r in result["detection"]
+        if r["auroc"] is not None
+    }
+    for r in result["downstream"]:
+        metrics[f"downstream_rouge_l_{r['method'].strip('()').replace(' ', '_')}"] = r["rouge_l"]
+    log_bench_run("noise_control", result["args"], metrics, out, mlflow_dir)
 
 
 if __name__ == "__main__":

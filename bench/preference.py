@@ -34,6 +34,9 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 import stores  # noqa: E402,F401
+from bench.common import log_bench_run, project_settings  # noqa: E402
+
+_DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
 
 _MATRIX_TSO = [
     {"model": "champion", "temperature": 0.7, "top_p": 0.95, "responses": 2},
@@ -118,24 +121,27 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "steps": stats, "heldout": rows}
     result["seconds"] = time.perf_counter() - started
     _report(result, args.out)
-    _log_mlflow(result, args.out, args.mlflow_dir)
+    metrics = {
+        f"{m}_{r['method'].replace('.', '_')}": r[m] for r in rows for m in ("rouge_l", "minilm_sim", "pref_accuracy")
+    }
+    log_bench_run("preference", result["args"], metrics, args.out, args.mlflow_dir)
     return result
 
 
 def _params(args, name: str, collection: dict, dpo: dict, sft_steps: int):
-    from tasks.config import load_settings
-
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["paths"] = {**params["paths"], "models": str(REPO / ".cache" / "models"), "mlflow": "mlflow"}
-    params["preference"] = {**params["preference"], "prompts_per_turn": args.prompts, **collection}
-    retrain = params["retrain"]
-    retrain["sft"] = {**retrain["sft"], "max_steps": sft_steps}
-    retrain["dpo"] = {**retrain["dpo"], "max_steps": args.dpo_steps, **dpo}
-    params["evaluate"]["items"] = args.heldout
-    params["annotate"]["items_per_turn"] = 32 if name == "turn1" else 8  # turn 2 trains no SFT
-    path = args.work / f"params-{name}.yaml"
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    return load_settings(path)
+    sizes = {"items": args.heldout}
+    retrain = {"sft": {**_DEFAULTS["retrain"]["sft"], "max_steps": sft_steps}}
+    retrain["dpo"] = {**_DEFAULTS["retrain"]["dpo"], "max_steps": args.dpo_steps, **dpo}
+    return project_settings(
+        args.work,
+        name,
+        {
+            "preference": {"prompts_per_turn": args.prompts, **collection},
+            "retrain": retrain,
+            "evaluate": sizes,
+            "annotate": {"items_per_turn": 32 if name == "turn1" else 8},  # turn 2 trains no SFT
+        },
+    )
 
 
 def _make_champion(settings, version: int):
@@ -186,11 +192,11 @@ def _report(result: dict, out: Path) -> None:
 
     console = Console(width=160)
     steps = Table(title="Four-step collection: counts per step (turn 2, each method's params)")
-    keys = [k for k in result["steps"][0] if k != "method"] if result["steps"] else []
-    for column in ["method", *keys]:
-        steps.add_column(column.replace("_", " "), justify="left" if column == "method" else "right")
-    for r in result["steps"]:
-        steps.add_row(r["method"], *(f"{r[k]:g}" for k in keys))
+    methods = [r["method"] for r in result["steps"]]
+    for column in ["count", *methods]:
+        steps.add_column(column, justify="left" if column == "count" else "right")
+    for key in [k for k in result["steps"][0] if k != "method"] if result["steps"] else []:
+        steps.add_row(key.replace("_", " "), *(f"{r[key]:g}" for r in result["steps"]))
     console.print(steps)
     board = Table(title="Held-out after DPO (same SFT'd start v2, same steps and seed)")
     for column in ("method", "version", "DPO pairs", "ROUGE-L", "MiniLM sim", "Δ ROUGE-L vs v2", "pref. accuracy"):
@@ -212,19 +218,6 @@ def _report(result: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     console.print(f"wrote {out} ({result['seconds']:.0f} s)")
-
-
-def _log_mlflow(result: dict, out: Path, mlflow_dir: Path) -> None:
-    import mlflow
-    from stores import tracking
-
-    experiment = tracking.configure(mlflow_dir, "flywheel-bench")
-    with mlflow.start_run(experiment_id=experiment, run_name="preference"):
-        mlflow.log_params(result["args"])
-        for r in result["heldout"]:
-            for metric in ("rouge_l", "minilm_sim", "pref_accuracy"):
-                mlflow.log_metric(f"{metric}_{r['method'].replace('.', '_')}", r[metric])
-        mlflow.log_artifact(str(out))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ flywheel stage NAME [--turn K]              one stage (what each dvc.yaml cmd ru
 flywheel summary [--turn K]                 the summary of a finished turn, from the store
 flywheel setup                              register the packaged model as champion (done on first use anyway)
 flywheel denoise score --items F --out F    noise scores + keep/drop for any items file
+flywheel rag eval --corpus F --queries F --qrels F --out F   DMQR-RAG on any BEIR-layout benchmark
+flywheel rag semanlink --out DIR            write the bundled Semanlink arXiv->tags benchmark in BEIR layout
 """
 
 from __future__ import annotations
@@ -39,6 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--items", type=Path, required=True, help="JSONL in the item schema, optional `annotation`")
     score.add_argument("--out", type=Path, required=True, help="JSONL with a noise score and a keep/drop per line")
     score.add_argument("--method", default=None, help="noise-control method (default: denoise.method in params)")
+    rag = commands.add_parser("rag", help="DMQR-RAG retrieval evaluation").add_subparsers(dest="action", required=True)
+    rag_eval = rag.add_parser("eval", help="evaluate query-rewriting configs on a BEIR-layout benchmark")
+    rag_eval.add_argument("--corpus", type=Path, required=True, help="corpus.jsonl: _id, title, text")
+    rag_eval.add_argument("--queries", type=Path, required=True, help="queries.jsonl: _id, text")
+    rag_eval.add_argument("--qrels", type=Path, required=True, help="qrels.tsv: query-id, corpus-id, score")
+    rag_eval.add_argument("--out", type=Path, required=True, help="metrics JSON")
+    rag_eval.add_argument("--strategies", nargs="+", default=None, help="default: rewrite.strategies in params")
+    rag_eval.add_argument("--fusion", choices=("rrf", "rerank"), default=None, help="default: rewrite.fusion")
+    rag_eval.add_argument("--limit", type=int, default=None, help="only the first N queries (sorted by id)")
+    rag.add_parser("semanlink", help="write the bundled Semanlink benchmark").add_argument(
+        "--out", type=Path, required=True
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -84,6 +98,21 @@ def _dispatch(args: argparse.Namespace) -> None:
             f"{counts['scored']} scored, {counts['dropped']} dropped, {counts['rejected']} rejected lines; "
             f"gamma {counts['gamma']:.3f} -> {args.out}"
         )
+    elif args.command == "rag" and args.action == "semanlink":
+        from tasks.rewrite.beir import semanlink_to_beir
+
+        counts = semanlink_to_beir(args.out)
+        print(", ".join(f"{v} {k}" for k, v in counts.items()) + f" -> {args.out}")
+    elif args.command == "rag":
+        from rich.console import Console
+
+        from tasks.rewrite.rag_eval import rag_eval_files, rag_table
+
+        result = rag_eval_files(
+            settings, args.corpus, args.queries, args.qrels, args.out, args.strategies, args.fusion, args.limit
+        )
+        Console(width=140).print(rag_table(result))
+        print(f"wrote {args.out}")
     elif args.command == "setup":
         from tasks.runner import register_base_model
 

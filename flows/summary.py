@@ -14,6 +14,8 @@ def _note(stage: str, m: dict, summary: dict) -> str:
         return (
             f"{m.get('items_train', 0)} train / {m.get('items_human', 0)} human / {m.get('items_heldout', 0)} held-out"
         )
+    if stage == "context":
+        return f"{int(m.get('docs_per_item', 0))} related documents per item in caption prompts"
     if stage == "annotate":
         return f"mean token log-prob {m.get('mean_logprob', float('nan')):.2f}"
     if stage == "denoise":
@@ -30,7 +32,10 @@ def _note(stage: str, m: dict, summary: dict) -> str:
     if stage == "rewrite":
         before = next((v for k, v in m.items() if k.endswith("_original")), float("nan"))
         after = next((v for k, v in m.items() if k.endswith("_rewritten")), float("nan"))
-        return f"tag precision {before:.2f} (original) → {after:.2f} (with rewrite)"
+        return (
+            f"tag precision {before:.2f} (original) → {after:.2f} (DMQR pool, "
+            f"{m.get('rewrites_per_query', 0):.1f} rewrites/query)"
+        )
     if stage == "retrain":
         return (
             f"v{summary.get('candidate_version')}: SFT {m.get('sft_synthetic', 0)} synthetic + "

@@ -30,6 +30,7 @@ def _stage_task(name: str):
 
 
 ingest = _stage_task("ingest")
+context = _stage_task("context")
 annotate = _stage_task("annotate")
 denoise = _stage_task("denoise")
 preference = _stage_task("preference")
@@ -43,6 +44,7 @@ promote = _stage_task("promote")
 def flywheel_turn(turn: int = 1, params: str = "params.yaml") -> list[dict]:
     return [
         ingest(params, turn),
+        context(params, turn),
         annotate(params, turn),
         denoise(params, turn),
         preference(params, turn),

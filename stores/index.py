@@ -1,12 +1,16 @@
 """Retrieval over a document corpus: BM25 through DuckDB's full-text search (the extension file shipped in the
 `duckdb-extension-fts` package, loaded by path: `INSTALL` would need the internet) and dense retrieval with MiniLM
-vectors in NumPy, fused by reciprocal rank fusion.
+vectors in NumPy. A query pool (the original query first, then its rewrites) is searched with both retrievers for
+every query, and the rankings are fused: reciprocal rank fusion (default), or DMQR-RAG's union of the retrieved
+documents reranked by similarity to the original query.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
+from typing import Literal
 
 import duckdb
 import numpy as np
@@ -33,21 +37,28 @@ def reciprocal_rank_fusion(rankings: list[list[str]], k: int = 60) -> list[str]:
     return sorted(scores, key=lambda doc_id: -scores[doc_id])
 
 
-class CorpusIndex:
-    """BM25 + dense index over (doc_id, text) rows, persisted in the store as table `corpus` (text, vector, FTS
-    index). Only documents that are new or changed since the last build are embedded again."""
+Fusion = Literal["rrf", "rerank"]
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, docs: pd.DataFrame, embed):
-        self.con, self.embed = con, embed
+
+class CorpusIndex:
+    """BM25 + dense index over (doc_id, text) rows, persisted in the store as a table (default `corpus`: text,
+    vector, FTS index). Only documents that are new or changed since the last build are embedded again."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, docs: pd.DataFrame, embed, table: str = "corpus"):
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", table):
+            raise ValueError(f"index table name {table!r}: use lower-case letters, digits and _")
+        self.con, self.embed, self.table = con, embed, table
         load_fts(con)
-        con.execute("CREATE TABLE IF NOT EXISTS corpus (doc_id VARCHAR PRIMARY KEY, text VARCHAR, vector FLOAT[])")
-        known = dict(con.execute("SELECT doc_id, text FROM corpus").fetchall())
+        con.execute(f"CREATE TABLE IF NOT EXISTS {table} (doc_id VARCHAR PRIMARY KEY, text VARCHAR, vector FLOAT[])")
+        known = dict(con.execute(f"SELECT doc_id, text FROM {table}").fetchall())
         wanted = dict(zip(docs["doc_id"], docs["text"]))
         if known != wanted:
             self._rebuild(known, wanted)
-        rows = con.execute("SELECT doc_id, vector FROM corpus ORDER BY doc_id").fetchall()
+        rows = con.execute(f"SELECT doc_id, vector FROM {table} ORDER BY doc_id").fetchall()
         self.doc_ids = [doc_id for doc_id, _ in rows]
+        self.position = {doc_id: i for i, doc_id in enumerate(self.doc_ids)}
         self.vectors = np.array([vector for _, vector in rows], dtype=np.float32)
+        self._bm25: dict[tuple[str, int], list[str]] = {}
 
     def _rebuild(self, known: dict[str, str], wanted: dict[str, str]) -> None:
         stale = [doc_id for doc_id in known if known[doc_id] != wanted.get(doc_id)]
@@ -55,40 +66,59 @@ class CorpusIndex:
         vectors = self.embed([wanted[doc_id] for doc_id in fresh])
         self.con.execute("BEGIN TRANSACTION")
         try:
-            self.con.execute("DELETE FROM corpus WHERE doc_id IN (SELECT unnest(?))", [stale])
+            self.con.execute(f"DELETE FROM {self.table} WHERE doc_id IN (SELECT unnest(?))", [stale])
             self.con.executemany(
-                "INSERT INTO corpus VALUES (?, ?, ?)",
+                f"INSERT INTO {self.table} VALUES (?, ?, ?)",
                 [(doc_id, wanted[doc_id], vector.tolist()) for doc_id, vector in zip(fresh, vectors)],
             )
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
-        self.con.execute("PRAGMA create_fts_index('corpus', 'doc_id', 'text', overwrite=1)")
+        self.con.execute(f"PRAGMA create_fts_index('{self.table}', 'doc_id', 'text', overwrite=1)")
 
     def bm25(self, query: str, k: int) -> list[str]:
-        rows = self.con.execute(
-            "SELECT doc_id, fts_main_corpus.match_bm25(doc_id, ?) AS score FROM corpus "
-            "WHERE score IS NOT NULL ORDER BY score DESC, doc_id LIMIT ?",
-            [query, k],
-        ).fetchall()
-        return [doc_id for doc_id, _ in rows]
+        if (query, k) not in self._bm25:
+            rows = self.con.execute(
+                f"SELECT doc_id, fts_main_{self.table}.match_bm25(doc_id, ?) AS score FROM {self.table} "
+                "WHERE score IS NOT NULL ORDER BY score DESC, doc_id LIMIT ?",
+                [query, k],
+            ).fetchall()
+            self._bm25[(query, k)] = [doc_id for doc_id, _ in rows]
+        return self._bm25[(query, k)]
 
-    def dense(self, queries: list[str], k: int) -> list[list[str]]:
-        scores = self.embed(queries) @ self.vectors.T
+    def dense(self, vectors: np.ndarray, k: int) -> list[list[str]]:
+        scores = vectors @ self.vectors.T
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return [[self.doc_ids[i] for i in row] for row in top]
 
-    def search(self, query_pools: list[list[str]], k: int, rrf_k: int = 60, exclude: list[str] | None = None):
-        """For each pool of queries: BM25 and dense rankings of every query, fused; `exclude[i]` is left out."""
-        depth = k + 1
-        flat = [q for pool in query_pools for q in pool]
-        dense = iter(self.dense(flat, depth))
+    def search(
+        self,
+        query_pools: list[list[str]],
+        k: int,
+        rrf_k: int = 60,
+        exclude: list[str] | None = None,
+        fusion: Fusion = "rrf",
+        depth: int | None = None,
+    ) -> list[list[str]]:
+        """For each pool (original query first): BM25 and dense top-`depth` of every query, fused; the top k.
+        `exclude[i]` (e.g. the query's own document) is left out of pool i's results."""
+        depth = depth or k + 1
+        unique = list(dict.fromkeys(q for pool in query_pools for q in pool))
+        vectors = dict(zip(unique, self.embed(unique))) if unique else {}
+        dense = dict(zip(unique, self.dense(np.stack(list(vectors.values())), depth))) if unique else {}
         results = []
         for position, pool in enumerate(query_pools):
-            rankings = []
-            for query in pool:
-                rankings.extend([self.bm25(query, depth), next(dense)])
-            fused = [d for d in reciprocal_rank_fusion(rankings, rrf_k) if not exclude or d != exclude[position]]
-            results.append(fused[:k])
+            rankings = [ranking for query in pool for ranking in (self.bm25(query, depth), dense[query])]
+            if fusion == "rrf":
+                fused = reciprocal_rank_fusion(rankings, rrf_k)
+            else:
+                fused = self.rerank(dict.fromkeys(d for ranking in rankings for d in ranking), vectors[pool[0]])
+            results.append([d for d in fused if not exclude or d != exclude[position]][:k])
         return results
+
+    def rerank(self, doc_ids, query_vector: np.ndarray) -> list[str]:
+        """The documents ordered by cosine similarity to the (original) query."""
+        docs = list(doc_ids)
+        scores = self.vectors[[self.position[d] for d in docs]] @ query_vector if docs else np.zeros(0)
+        return [docs[i] for i in np.argsort(-scores, kind="stable")]

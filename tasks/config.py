@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import FlywheelError
 
@@ -105,9 +105,28 @@ class Preference(Strict):
 
 class Rewrite(Strict):
     queries_per_turn: int = Field(16, ge=1)
-    strategy: Literal["general"] = "general"
-    sampling: Sampling = Sampling(temperature=0.0, max_new_tokens=40)
+    strategies: tuple[str, ...] = Field(("gqr", "kwr", "par", "cce"), min_length=1)  # tasks/rewrite/strategies.py
+    adaptive: bool = True  # the model picks a subset of `strategies` per query; false: all of them
+    sampling: Sampling = Sampling(temperature=0.0, max_new_tokens=64)
+    max_query_chars: int = Field(600, ge=50, le=8000)  # queries are clipped to this in prompts
     top_k: int = Field(5, ge=1, le=100)
+    fusion: Literal["rrf", "rerank"] = "rrf"  # reciprocal rank fusion, or union reranked by similarity to the original
+    rrf_k: int = Field(60, ge=1)
+
+    @field_validator("strategies")
+    @classmethod
+    def _known_strategies(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        from tasks.rewrite.strategies import STRATEGIES
+
+        unknown = [n for n in names if n not in STRATEGIES]
+        if unknown:
+            raise ValueError(f"unknown strategies {unknown}; known: {sorted(STRATEGIES)}")
+        return tuple(dict.fromkeys(names))
+
+
+class Context(Strict):
+    docs: int = Field(3, ge=0, le=20)  # related documents shown in caption prompts; 0: no retrieved context
+    fusion: Literal["rrf", "rerank"] = "rrf"
     rrf_k: int = Field(60, ge=1)
 
 
@@ -164,6 +183,7 @@ class Settings(Strict):
     denoise: Denoise = Denoise()
     preference: Preference = Preference()
     rewrite: Rewrite = Rewrite()
+    context: Context = Context()
     retrain: Retrain = Retrain()
     evaluate: Evaluate = Evaluate()
     promote: Promote = Promote()

@@ -20,7 +20,8 @@ def clip(text: str, limit: int) -> str:
 
 
 def caption_messages(item: dict, max_signal_chars: int) -> Messages:
-    """The annotator reads every signal of an item: abstract, curator comment, tags."""
+    """The annotator reads every signal of an item: abstract, curator comment, tags, and the titles of related
+    documents when retrieved context is on (`context` column, tasks/rewrite/context.py)."""
     signals = []
     if item.get("abstract"):
         signals.append(f"Abstract: {clip(item['abstract'], max_signal_chars)}")
@@ -29,6 +30,9 @@ def caption_messages(item: dict, max_signal_chars: int) -> Messages:
     tags = list(item.get("tags") if item.get("tags") is not None else [])
     if tags:
         signals.append(f"Tags: {', '.join(tags)}")
+    related = list(item.get("context") if item.get("context") is not None else [])
+    if related:
+        signals.append(f"Related bookmarks: {'; '.join(clip(title, 120) for title in related)}")
     return [
         {"role": "system", "content": CAPTION_SYSTEM},
         {"role": "user", "content": "\n".join(signals) + f"\n\n{CAPTION_INSTRUCTION}"},

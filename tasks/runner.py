@@ -31,11 +31,12 @@ from tasks.llm.cached import CachedLLM
 from tasks.preference import STAGE as PREFERENCE
 from tasks.retrain import STAGE as RETRAIN
 from tasks.rewrite import STAGE as REWRITE
+from tasks.rewrite.context import STAGE as CONTEXT
 from tasks.stage import StageContext, StageDef, StageOutput
 from tasks.validate import validate
 
 STAGES: dict[str, StageDef] = {
-    s.name: s for s in (INGEST, ANNOTATE, DENOISE, PREFERENCE, REWRITE, RETRAIN, EVALUATE, PROMOTE)
+    s.name: s for s in (INGEST, CONTEXT, ANNOTATE, DENOISE, PREFERENCE, REWRITE, RETRAIN, EVALUATE, PROMOTE)
 }
 
 

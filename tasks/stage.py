@@ -62,9 +62,17 @@ class StageContext:
     def read(self, stage: str, table: str) -> pd.DataFrame:
         return self.store.read(table, self.upstream[stage])
 
-    def items(self, split: str) -> pd.DataFrame:
-        """Items of one split in a fixed, seeded order (the same order every turn)."""
+    def prompt_items(self) -> pd.DataFrame:
+        """All items, with their retrieved context (`context`: related titles) when the stage reads it."""
         items = self.read("ingest", "items")
+        if "context" not in self.upstream:
+            return items
+        contexts = self.read("context", "contexts")[["item_id", "related_titles"]]
+        return items.merge(contexts.rename(columns={"related_titles": "context"}), on="item_id", how="left")
+
+    def items(self, split: str) -> pd.DataFrame:
+        """Items of one split (with their context) in a fixed, seeded order (the same order every turn)."""
+        items = self.prompt_items()
         return seeded_order(items[items["split"] == split], self.settings.seed)
 
     def turn_slice(self, split: str, count: int) -> pd.DataFrame:

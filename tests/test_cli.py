@@ -19,7 +19,7 @@ def test_an_unknown_stage(tmp_path, capsys):
 def test_a_stage_before_its_upstream(tmp_path, capsys):
     assert main(["--params", str(write_params(tmp_path)), "stage", "denoise"]) == 2
     error = capsys.readouterr().err
-    assert "needs ingest, annotate first" in error and "flywheel stage ingest --turn 1" in error
+    assert "needs ingest, context, annotate first" in error and "flywheel stage ingest --turn 1" in error
 
 
 def test_a_missing_items_file(tmp_path, capsys):
@@ -77,3 +77,37 @@ def test_denoise_score_on_any_items_file(tmp_path, capsys):
     assert "threshold" in noisiest["reason"]
     [reject] = [json.loads(line) for line in out.with_suffix(".rejects.jsonl").read_text().splitlines()]
     assert "items.jsonl line 5" in reject["reason"] and "field title" in reject["reason"]
+
+
+def test_rag_eval_on_a_small_beir_benchmark(tmp_path, capsys):
+    """The packaged model rewrites two queries with every strategy; every config gets all five metrics."""
+    import json
+
+    docs = [
+        ("gnn", "Graph neural networks", "Message passing over graphs for node classification."),
+        ("kg", "Knowledge graphs", "Entities and relations; language models as knowledge bases."),
+        ("pasta", "Cooking pasta", "Fresh pasta at home with flour and eggs."),
+        ("rag", "Retrieval augmented generation", "Retrieving documents to ground answers of language models."),
+    ]
+    (tmp_path / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in docs)
+    )
+    queries = [("q1", "How do neural networks learn on graph data?"), ("q2", "grounding LLM answers in documents")]
+    (tmp_path / "queries.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in queries))
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tgnn\t1\nq2\trag\t1\nq2\tkg\t1\n")
+    files = [
+        f"--{name}={tmp_path / f}"
+        for name, f in (("corpus", "corpus.jsonl"), ("queries", "queries.jsonl"), ("qrels", "qrels.tsv"))
+    ]
+    out = tmp_path / "metrics.json"
+    assert main(["--params", str(write_params(tmp_path)), "rag", "eval", *files, f"--out={out}"]) == 0
+    result = json.loads(out.read_text())
+    configs = {row["config"]: row for row in result["configs"]}
+    assert list(configs) == ["original", "gqr", "kwr", "par", "cce", "all", "adaptive"]
+    assert all(0 <= row[m] <= 1 for row in configs.values() for m in ("p@5", "hit@5", "recall@10", "ndcg@10", "mrr@10"))
+    assert configs["original"]["rewrites_per_query"] == 0 and 0 < configs["all"]["rewrites_per_query"] <= 4
+    assert configs["adaptive"]["rewrites_per_query"] <= configs["all"]["rewrites_per_query"]
+    assert "DMQR-RAG on 2 queries" in capsys.readouterr().out
+    (tmp_path / "qrels.tsv").write_text("q1\tnope\t1\n")
+    assert main(["--params", str(write_params(tmp_path)), "rag", "eval", *files, f"--out={out}"]) == 2
+    assert "qrels.tsv:1: corpus-id 'nope' is not in corpus.jsonl" in capsys.readouterr().err

@@ -86,7 +86,7 @@ def test_rows_carry_lineage_and_the_heldout_split_is_never_trained_on(turn):
     items = tables["items"]
     heldout = set(items.loc[items["split"] == "heldout", "item_id"])
     trained_or_labelled = ("annotations", "denoised", "preference_prompts", "preference_responses", "preference_pairs")
-    for name in (*trained_or_labelled, "label_queue", "rewrites", "training_examples"):
+    for name in (*trained_or_labelled, "label_queue", "rewrites", "retrievals", "training_examples"):
         assert not heldout & set(tables[name]["item_id"]), f"held-out item in {name}"
     assert set(tables["scoreboard"]["item_id"]) <= heldout
     denoised = tables["denoised"]
@@ -95,6 +95,8 @@ def test_rows_carry_lineage_and_the_heldout_split_is_never_trained_on(turn):
     human = set(items.loc[items["split"] == "human", "item_id"])
     trained = tables["training_examples"]
     assert set(trained.loc[trained["kind"] == "sft-human", "item_id"]) <= human
+    related = {doc for docs in tables["contexts"]["related"] for doc in docs}
+    assert related and not heldout & related, "a held-out item's title leaked into retrieved context"
 
 
 def test_mlflow_shows_the_turn_its_stages_and_the_registered_versions(turn):
@@ -180,7 +182,7 @@ def test_dvc_repro_reuses_the_turn_and_a_param_change_reruns_only_its_dependents
 
     run("init", "--no-scm")
     output = run("repro")
-    assert output.count("[cached]") == 8  # every stage found its batch in the store: nothing recomputed
+    assert output.count("[cached]") == 9  # every stage found its batch in the store: nothing recomputed
     assert "up to date" in run("status")
 
     def rerun_after(section, key, value):

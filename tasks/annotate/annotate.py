@@ -60,4 +60,6 @@ def run(ctx: StageContext) -> StageOutput:
     return StageOutput({"annotations": frame}, rows_in=len(items), metrics=metrics)
 
 
-STAGE = StageDef(name="annotate", outputs=(ANNOTATIONS,), upstream=("ingest",), sections=("data", "annotate"), run=run)
+STAGE = StageDef(
+    name="annotate", outputs=(ANNOTATIONS,), upstream=("ingest", "context"), sections=("data", "annotate"), run=run
+)

@@ -77,7 +77,7 @@ def histogram(scores: np.ndarray, threshold: float, method: str):
 def run(ctx: StageContext) -> StageOutput:
     cfg = ctx.settings.denoise
     annotations = ctx.read("annotate", "annotations")
-    logprobs = token_logprobs(annotations, ctx.read("ingest", "items"), ctx.llm, ctx.settings.data.max_signal_chars)
+    logprobs = token_logprobs(annotations, ctx.prompt_items(), ctx.llm, ctx.settings.data.max_signal_chars)
     decision = decide(cfg.method, logprobs, cfg, ctx.settings.seed)
     frame = decision_table(annotations, decision)
     if len(frame):
@@ -93,5 +93,9 @@ def run(ctx: StageContext) -> StageOutput:
 
 
 STAGE = StageDef(
-    name="denoise", outputs=(DENOISED,), upstream=("ingest", "annotate"), sections=("data", "denoise"), run=run
+    name="denoise",
+    outputs=(DENOISED,),
+    upstream=("ingest", "context", "annotate"),
+    sections=("data", "denoise"),
+    run=run,
 )

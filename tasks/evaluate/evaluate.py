@@ -124,7 +124,7 @@ def run(ctx: StageContext) -> StageOutput:
 STAGE = StageDef(
     name="evaluate",
     outputs=(SCOREBOARD,),
-    upstream=("ingest", "retrain"),
+    upstream=("ingest", "context", "retrain"),
     sections=("data", "evaluate"),
     run=run,
 )

@@ -16,6 +16,7 @@ Input: `items` (this turn's train and human windows).
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pandas as pd
@@ -182,6 +183,7 @@ def run(ctx: StageContext) -> StageOutput:
         "category_counts": {str(k): int(v) for k, v in kept_categories.items()},
         "human_signal": "human labels + references" if metrics["pairs_human_labelled"] else "human references only",
     }
+    ctx.mlrun.log_text(json.dumps({**summary, "step_counts": metrics}, indent=2), "preference_steps.json")
     tables = {"preference_prompts": prompts, "preference_responses": responses, "preference_pairs": pairs}
     return StageOutput(
         {**tables, "label_queue": queue},
@@ -200,7 +202,7 @@ def labels_fingerprint(settings: Settings) -> str:
 STAGE = StageDef(
     name="preference",
     outputs=(PROMPTS, RESPONSES, PAIRS, LABEL_QUEUE),
-    upstream=("ingest",),
+    upstream=("ingest", "context"),
     sections=("data", "preference"),
     run=run,
     input_fingerprint=labels_fingerprint,

@@ -26,7 +26,7 @@ def policy_refresher(ctx: StageContext, staging: Path):
     """refresh(round, model, tokenizer, pairs) -> the round's pairs relabelled with fresh policy responses."""
     settings, cfg = ctx.settings, ctx.settings.preference
     start = ctx.start_model
-    items = ctx.read("ingest", "items").set_index("item_id", drop=False)
+    items = ctx.prompt_items().set_index("item_id", drop=False)
     stored = ctx.read("preference", "preference_responses")[STORED_RESPONSE_COLUMNS]
     generators, _ = resolve_matrix(cfg.matrix, model_roles(ctx), ctx.registry.get, cfg.max_new_tokens)
     policy_cells = [g for g in generators if g.model.version == start.version]

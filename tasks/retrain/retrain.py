@@ -152,7 +152,7 @@ def train(
 def training_data(ctx: StageContext) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(synthetic SFT rows, human SFT rows, DPO pairs), each with its prompt."""
     settings = ctx.settings
-    items = ctx.read("ingest", "items").set_index("item_id")
+    items = ctx.prompt_items().set_index("item_id")
     denoised = ctx.read("denoise", "denoised")
     synthetic = denoised[denoised["kept"]][["item_id", "candidate", "caption"]].rename(columns={"caption": "target"})
     synthetic = synthetic.assign(kind="sft-synthetic")
@@ -226,7 +226,7 @@ def run(ctx: StageContext) -> StageOutput:
 STAGE = StageDef(
     name="retrain",
     outputs=(TRAINING_EXAMPLES,),
-    upstream=("ingest", "denoise", "preference"),
+    upstream=("ingest", "context", "denoise", "preference"),
     sections=("data", "retrain"),
     run=run,
 )

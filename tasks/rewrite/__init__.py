@@ -1,3 +1,4 @@
-from tasks.rewrite.rewrite import REWRITES, STAGE, STRATEGIES, rewrite_queries, tag_precision
+from tasks.rewrite.rewrite import RETRIEVALS, REWRITES, STAGE, tag_precision
+from tasks.rewrite.strategies import STRATEGIES
 
-__all__ = ["REWRITES", "STAGE", "STRATEGIES", "rewrite_queries", "tag_precision"]
+__all__ = ["RETRIEVALS", "REWRITES", "STAGE", "STRATEGIES", "tag_precision"]

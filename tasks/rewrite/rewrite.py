@@ -1,55 +1,52 @@
-"""Query rewriting for retrieval: the turn's model rewrites each query, and retrieval over the corpus runs with the
-pool {original query, rewrite}, BM25 + dense, fused by RRF. The original always stays in the pool (as in DMQR-RAG).
-The full DMQR-RAG (four strategies, adaptive selection, BEIR evaluation) comes in its own issue; a strategy is a
-template plus a name in `STRATEGIES`.
+"""DMQR-RAG in the turn: the turn's model rewrites each query with the strategies it selects for it (adaptive
+selection among `rewrite.strategies`, or all of them), and retrieval over the corpus runs with the pool {original
+query, rewrites}, BM25 + dense, fused (RRF or rerank by similarity to the original). The strategies, selection and
+fusion live in `strategies.py`, `dmqr.py` and `stores/index.py`; `rag_eval.py` measures them on BEIR benchmarks.
 
 Query = an item's content (abstract or curator comment); corpus = the non-held-out items (title + text, without
 tags). Retrieval quality is measured without any model: tag precision@k, the fraction of retrieved documents that
 share a curator tag with the query's item, for the original query alone and for the pool.
 
-Input: `items`. Output columns (`rewrites`): item_id, strategy, query, rewritten, retrieved_original, retrieved,
-tag_precision_original, tag_precision.
+Input: `items`. Output columns (`rewrites`): item_id, strategy, rewritten (one row per applied strategy);
+(`retrievals`): item_id, selected, reason, retrieved_original, retrieved, tag_precision_original, tag_precision.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 import pandas as pd
 
 from stores.index import CorpusIndex
 from stores.schema import Column, TableSpec
-from tasks.config import Rewrite
 from tasks.llm.embeddings import embed
-from tasks.prompts import clip, first_line
+from tasks.prompts import clip
+from tasks.rewrite.dmqr import build_pools
 from tasks.stage import StageContext, StageDef, StageOutput
 
-STRATEGIES = {
-    "general": (
-        "Rewrite the following text as a concise search query. Remove noise and keep all the relevant "
-        "information (topics, methods, named entities). Answer with the query only.\n\nText: {query}"
-    ),
-}
 REWRITES = TableSpec(
     "rewrites",
     (
         Column("item_id", "VARCHAR", min_length=1),
         Column("strategy", "VARCHAR", min_length=1),
-        Column("query", "VARCHAR", min_length=1),
         Column("rewritten", "VARCHAR"),
+    ),
+    key=("item_id", "strategy"),
+)
+RETRIEVALS = TableSpec(
+    "retrievals",
+    (
+        Column("item_id", "VARCHAR", min_length=1),
+        Column("selected", "VARCHAR[]"),
+        Column("reason", "VARCHAR"),
         Column("retrieved_original", "VARCHAR[]"),
         Column("retrieved", "VARCHAR[]"),
         Column("tag_precision_original", "DOUBLE", min_value=0.0, max_value=1.0),
         Column("tag_precision", "DOUBLE", min_value=0.0, max_value=1.0),
     ),
-    key=("item_id", "strategy"),
+    key=("item_id",),
 )
-
-
-def rewrite_queries(queries: list[str], llm, cfg: Rewrite) -> list[str]:
-    template = STRATEGIES[cfg.strategy]
-    prompts = [[{"role": "user", "content": template.format(query=q)}] for q in queries]
-    generations = llm.generate(prompts, cfg.sampling, [0] * len(prompts), desc=f"rewrite/{cfg.strategy}")
-    return [first_line(g.text) for g in generations]
 
 
 def tag_precision(retrieved: list[str], query_tags: set[str], tags_by_id: dict[str, set[str]]) -> float:
@@ -58,42 +55,50 @@ def tag_precision(retrieved: list[str], query_tags: set[str], tags_by_id: dict[s
     return sum(bool(tags_by_id.get(d, set()) & query_tags) for d in retrieved) / len(retrieved)
 
 
-def run(ctx: StageContext) -> StageOutput:
-    cfg, max_chars = ctx.settings.rewrite, ctx.settings.data.max_signal_chars
+def corpus_index(ctx: StageContext) -> CorpusIndex:
     items = ctx.read("ingest", "items")
     corpus = items[items["split"] != "heldout"]
-    docs = pd.DataFrame(
-        {
-            "doc_id": corpus["item_id"],
-            "text": [f"{t}. {a or c}" for t, a, c in zip(corpus["title"], corpus["abstract"], corpus["comment"])],
-        }
-    )
-    index = CorpusIndex(ctx.store.con, docs, embed)
+    texts = [f"{t}. {a or c}" for t, a, c in zip(corpus["title"], corpus["abstract"], corpus["comment"])]
+    return CorpusIndex(ctx.store.con, pd.DataFrame({"doc_id": corpus["item_id"], "text": texts}), embed)
+
+
+def run(ctx: StageContext) -> StageOutput:
+    cfg = ctx.settings.rewrite
+    items = ctx.read("ingest", "items")
+    index = corpus_index(ctx)
     queries_items = ctx.turn_slice("train", cfg.queries_per_turn)
-    queries = [clip(a or c, max_chars) for a, c in zip(queries_items["abstract"], queries_items["comment"])]
-    rewritten = rewrite_queries(queries, ctx.llm, cfg)
+    queries = [clip(a or c, cfg.max_query_chars) for a, c in zip(queries_items["abstract"], queries_items["comment"])]
+    pools = build_pools(queries, ctx.llm, list(cfg.strategies), cfg.adaptive, cfg.sampling, cfg.max_query_chars)
     ids = list(queries_items["item_id"])
-    original = index.search([[q] for q in queries], cfg.top_k, cfg.rrf_k, exclude=ids)
-    pooled = index.search([[q, r] if r else [q] for q, r in zip(queries, rewritten)], cfg.top_k, cfg.rrf_k, ids)
+    original = index.search([[q] for q in queries], cfg.top_k, cfg.rrf_k, exclude=ids, fusion=cfg.fusion)
+    pooled = index.search([p.queries for p in pools], cfg.top_k, cfg.rrf_k, exclude=ids, fusion=cfg.fusion)
     tags_by_id = {i: set(t) for i, t in zip(items["item_id"], items["tags"])}
-    frame = pd.DataFrame(
+    retrievals = pd.DataFrame(
         {
             "item_id": ids,
-            "strategy": cfg.strategy,
-            "query": queries,
-            "rewritten": rewritten,
+            "selected": [p.strategies for p in pools],
+            "reason": [p.reason for p in pools],
             "retrieved_original": original,
             "retrieved": pooled,
             "tag_precision_original": [tag_precision(r, tags_by_id[i], tags_by_id) for r, i in zip(original, ids)],
             "tag_precision": [tag_precision(r, tags_by_id[i], tags_by_id) for r, i in zip(pooled, ids)],
         }
     )
+    rewrites = pd.DataFrame(
+        [(i, name, text) for i, p in zip(ids, pools) for name, text in p.rewrites.items()],
+        columns=["item_id", "strategy", "rewritten"],
+    )
+    usage = Counter(name for p in pools for name in p.strategies)
     metrics = {
-        "corpus_docs": len(docs),
-        f"tag_precision_at_{cfg.top_k}_original": float(np.mean(frame["tag_precision_original"])),
-        f"tag_precision_at_{cfg.top_k}_rewritten": float(np.mean(frame["tag_precision"])),
+        "corpus_docs": len(index.doc_ids),
+        "rewrites_per_query": float(np.mean([len(p.queries) - 1 for p in pools])),
+        f"tag_precision_at_{cfg.top_k}_original": float(np.mean(retrievals["tag_precision_original"])),
+        f"tag_precision_at_{cfg.top_k}_rewritten": float(np.mean(retrievals["tag_precision"])),
+        **{f"selected_{name}": usage.get(name, 0) for name in cfg.strategies},
     }
-    return StageOutput({"rewrites": frame}, rows_in=len(queries_items), metrics=metrics)
+    return StageOutput({"rewrites": rewrites, "retrievals": retrievals}, rows_in=len(queries_items), metrics=metrics)
 
 
-STAGE = StageDef(name="rewrite", outputs=(REWRITES,), upstream=("ingest",), sections=("data", "rewrite"), run=run)
+STAGE = StageDef(
+    name="rewrite", outputs=(REWRITES, RETRIEVALS), upstream=("ingest",), sections=("data", "rewrite"), run=run
+)

@@ -5,6 +5,21 @@ import pytest
 import torch
 
 
+def cpu_args(config_cls, out, steps: int, batch: int, **extra):
+    """A TRL config for a few logged CPU steps, no checkpoints, no reporting."""
+    return config_cls(
+        output_dir=str(out),
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        logging_steps=1,
+        **extra,
+    )
+
+
 @pytest.fixture(scope="module")
 def trainer_factory(base_model_path, tmp_path_factory):
     from datasets import Dataset
@@ -25,16 +40,7 @@ def trainer_factory(base_model_path, tmp_path_factory):
     )
 
     def make(gamma: float):
-        args = SFTConfig(
-            output_dir=str(tmp_path_factory.mktemp("sft")),
-            max_steps=1,
-            per_device_train_batch_size=2,
-            report_to="none",
-            save_strategy="no",
-            use_cpu=True,
-            seed=0,
-            logging_steps=1,
-        )
+        args = cpu_args(SFTConfig, tmp_path_factory.mktemp("sft"), steps=1, batch=2)
         model = AutoModelForCausalLM.from_pretrained(base_model_path)
         return TaiLrSFTTrainer(
             model=model, args=args, train_dataset=data, processing_class=tokenizer, gamma=gamma, min_weight=0.2
@@ -74,3 +80,106 @@ def test_tailr_trainer_trains(trainer_factory):
     result = trainer.train()
     assert torch.isfinite(torch.tensor(result.training_loss))
     assert 0.2 <= trainer.state.log_history[0]["tailr_mean_weight"] <= 1.0
+
+
+@pytest.fixture(scope="module")
+def dual_clip_trainer(base_model_path, tmp_path_factory):
+    import copy
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig
+
+    from tasks.retrain.dpo import DualClipDPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_path)
+    model = AutoModelForCausalLM.from_pretrained(base_model_path)
+    reference = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        reference.model.norm.weight.mul_(1.05)  # a reference that differs, so rewards are not zero
+    data = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": f"Title for a note about {topic}?"}],
+                "chosen": [{"role": "assistant", "content": good}],
+                "rejected": [{"role": "assistant", "content": bad}],
+            }
+            for topic, good, bad in [
+                ("graphs", "Graph Neural Networks", "zebra quantum marmalade"),
+                ("search", "Dense Retrieval in Practice", "a title"),
+            ]
+        ]
+    )
+    args = cpu_args(DPOConfig, tmp_path_factory.mktemp("dpo"), steps=1, batch=2, beta=0.5)
+    return DualClipDPOTrainer(
+        model=model,
+        ref_model=reference,
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        clip_chosen=0.05,
+        clip_rejected=0.05,
+    )
+
+
+def _completion_logps(model, batch):
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    targets, mask = batch["input_ids"][:, 1:], batch["completion_mask"][:, 1:]
+    logprobs = torch.log_softmax(logits[:, :-1], -1).gather(-1, targets[..., None])[..., 0]
+    return (logprobs * mask).sum(dim=1)
+
+
+def test_dual_clip_trainer_loss_is_the_hand_computed_clipped_dpo_loss(dual_clip_trainer):
+    import math
+
+    trainer = dual_clip_trainer
+    trainer.model.eval()
+    batch = next(iter(trainer.get_train_dataloader()))
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+    rewards = 0.5 * (_completion_logps(trainer.model, batch) - _completion_logps(trainer.ref_model, batch))
+    chosen, rejected = rewards.chunk(2)
+    hand = [math.log1p(math.exp(-(min(w, 0.05) - max(lo, -0.05)))) for w, lo in zip(chosen.tolist(), rejected.tolist())]
+    assert loss.item() == pytest.approx(sum(hand) / len(hand), rel=1e-3)
+    assert any(abs(r) > 0.05 for r in rewards.tolist())  # the clips are active in this case
+
+
+def test_dpo_rounds_reset_the_reference_refresh_later_rounds_and_extrapolate(base_model_path, tmp_path):
+    import pandas as pd
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig
+
+    from tasks.config import Dpo
+    from tasks.retrain import dpo as dpo_module
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_path)
+    model = AutoModelForCausalLM.from_pretrained(base_model_path)
+    prompt = [{"role": "user", "content": "Title for a note about graphs?"}]
+    pairs = pd.DataFrame(
+        {
+            "item_id": ["a", "b"],
+            "prompt": [prompt, prompt],
+            "chosen": ["Graph Networks", "Graphs"],
+            "rejected": ["x", "y"],
+        }
+    )
+    refreshed, extrapolated = [], []
+    original = dpo_module.extrapolate
+    dpo_module.extrapolate = lambda m, ref, alpha: (extrapolated.append(alpha), original(m, ref, alpha))
+    try:
+
+        def refresh(number, policy, chunk):
+            refreshed.append(number)
+            return chunk.assign(chosen="Graph Neural Networks")
+
+        def make_args(number, steps):
+            return cpu_args(DPOConfig, tmp_path / f"r{number}", steps=steps, batch=1)
+
+        cfg = Dpo(max_steps=2, rounds=2, loss="dual_clip", extrapolation_alpha=0.3)
+        _, losses, trained = dpo_module.train_dpo(model, tokenizer, pairs, cfg, make_args, refresh)
+    finally:
+        dpo_module.extrapolate = original
+    assert refreshed == [1] and extrapolated == [0.3, 0.3]
+    assert list(trained["round"]) == [0, 1] and list(trained["chosen"]) == ["Graph Networks", "Graph Neural Networks"]
+    assert len(losses["dpo_loss"]) == 2

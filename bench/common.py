@@ -1,0 +1,36 @@
+"""What the benchmarks share: a throwaway project (params file, store, MLflow) under .cache/bench/, and logging a
+result to the MLflow experiment `flywheel-bench`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def project_settings(work: Path, name: str, overrides: dict):
+    """Settings of a project in `work` (store, exports, MLflow there; the model cache shared with the repository):
+    the repository's params.yaml with `overrides` merged section by section, written to params-<name>.yaml."""
+    from tasks.config import load_settings
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["paths"] = {**params["paths"], "models": str(REPO / ".cache" / "models")}
+    for section, values in overrides.items():
+        params[section] = {**params[section], **values} if isinstance(values, dict) else values
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / f"params-{name}.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return load_settings(path)
+
+
+def log_bench_run(run_name: str, params: dict, metrics: dict[str, float], artifact: Path, mlflow_dir: Path) -> None:
+    import mlflow
+    from stores import tracking
+
+    experiment = tracking.configure(mlflow_dir, "flywheel-bench")
+    with mlflow.start_run(experiment_id=experiment, run_name=run_name):
+        mlflow.log_params({k: str(v) for k, v in params.items()})
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifact(str(artifact))

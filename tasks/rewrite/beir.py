@@ -1,0 +1,126 @@
+"""Retrieval benchmarks in BEIR layout: `corpus.jsonl` ({"_id", "title"?, "text"}), `queries.jsonl` ({"_id",
+"text"}) and `qrels.tsv` (header `query-id corpus-id score`, tab-separated, integer grades). The loader checks every
+line and stops at the first problem with the file, line and what is wrong, before any model runs.
+
+`semanlink_to_beir` converts the Semanlink arXiv→tags set inside `cherche==2.2.1` (read as JSON, never imported):
+a query is an arXiv paper (title + abstract), a document is a curator tag (label, alternative labels, broader
+labels, comment), and the paper's tags are its relevant documents.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.errors import InputError
+from tasks.ingest.ingest import semanlink_dir
+
+
+@dataclass
+class Benchmark:
+    corpus: dict[str, str]  # doc id -> text (title + text)
+    queries: dict[str, str]  # query id -> text
+    qrels: dict[str, dict[str, int]]  # query id -> {doc id: grade}
+
+
+def _jsonl(path: Path, fields: tuple[str, ...]) -> list[dict]:
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    rows, seen = [], set()
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InputError(f"{path}:{number}: not valid JSON ({error.msg})") from error
+        if not isinstance(row, dict):
+            raise InputError(f"{path}:{number}: expected a JSON object")
+        for field in fields:
+            if not isinstance(row.get(field), str) or not row[field].strip():
+                raise InputError(f"{path}:{number}: field {field!r} must be a non-empty string")
+        if row["_id"] in seen:
+            raise InputError(f"{path}:{number}: duplicate _id {row['_id']!r}")
+        seen.add(row["_id"])
+        rows.append(row)
+    if not rows:
+        raise InputError(f"{path}: no rows")
+    return rows
+
+
+def load_beir(corpus_path: Path, queries_path: Path, qrels_path: Path) -> Benchmark:
+    corpus = {
+        r["_id"]: f"{r['title']}. {r['text']}" if str(r.get("title") or "").strip() else r["text"]
+        for r in _jsonl(Path(corpus_path), ("_id", "text"))
+    }
+    queries = {r["_id"]: r["text"] for r in _jsonl(Path(queries_path), ("_id", "text"))}
+    qrels: dict[str, dict[str, int]] = {}
+    path = Path(qrels_path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or (number == 1 and line.lower().startswith("query-id")):
+            continue
+        parts = line.split("\t")
+        if len(parts) != 3:
+            raise InputError(f"{path}:{number}: expected 3 tab-separated columns (query-id, corpus-id, score)")
+        query_id, doc_id, grade = parts
+        if not grade.strip().lstrip("-").isdigit():
+            raise InputError(f"{path}:{number}: score {grade!r} is not an integer")
+        if query_id not in queries:
+            raise InputError(f"{path}:{number}: query-id {query_id!r} is not in {Path(queries_path).name}")
+        if doc_id not in corpus:
+            raise InputError(f"{path}:{number}: corpus-id {doc_id!r} is not in {Path(corpus_path).name}")
+        qrels.setdefault(query_id, {})[doc_id] = int(grade)
+    if not qrels:
+        raise InputError(f"{path}: no judgments")
+    return Benchmark(corpus, {q: t for q, t in queries.items() if q in qrels}, qrels)
+
+
+def _labels(value) -> list[str]:
+    """Semanlink stores lists as their Python repr ("['a', 'b']")."""
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    try:
+        parsed = ast.literal_eval(value) if value else []
+    except (ValueError, SyntaxError):
+        return [str(value)]
+    return [str(v) for v in parsed] if isinstance(parsed, list) else [str(parsed)]
+
+
+def semanlink_to_beir(out: Path) -> dict[str, int]:
+    """Write the Semanlink arXiv→tags benchmark to `out` in BEIR layout (atomically per file); returns counts."""
+    folder = semanlink_dir()
+    papers = json.loads((folder / "arxiv.json").read_text())
+    tags = json.loads((folder / "tags.json").read_text())
+    queries, qrels, used = [], [], {}
+    for paper in papers:
+        query_id = paper.get("arxiv_num") or paper["document"]
+        text = " ".join(f"{paper.get('arxiv_title', '')}. {paper.get('arxiv_summary', '')}".split())
+        queries.append({"_id": query_id, "text": text})
+        for tag in dict.fromkeys(_labels(paper["tag"])):
+            if tag in tags:
+                used[tag] = tags[tag]
+                qrels.append((query_id, tag, 1))
+    corpus = []
+    for tag, info in used.items():
+        labels = _labels(info.get("prefLabel")) or [tag.rsplit("/", 1)[-1]]
+        parts = [", ".join(labels[1:] + _labels(info.get("altLabel")))]
+        broader = _labels(info.get("broader_prefLabel"))
+        parts.append(f"broader: {', '.join(broader)}" if broader else "")
+        parts.append(" ".join(str(info.get("comment") or "").split())[:500])
+        corpus.append({"_id": tag, "title": labels[0], "text": ". ".join(p for p in parts if p) or labels[0]})
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out / "corpus.jsonl", "".join(json.dumps(row) + "\n" for row in corpus))
+    _write(out / "queries.jsonl", "".join(json.dumps(row) + "\n" for row in queries))
+    _write(out / "qrels.tsv", "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in qrels))
+    return {"queries": len(queries), "documents": len(corpus), "judgments": len(qrels)}
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

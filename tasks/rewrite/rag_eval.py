@@ -1,0 +1,143 @@
+"""DMQR-RAG evaluated on a BEIR-layout benchmark: the same retrieval (BM25 + dense, fused) for each way of building
+query pools: the original query only, each single strategy (original + its rewrite), all strategies, and the
+model's adaptive selection. Metrics: P@5, Hit@5, Recall@10, nDCG@10, MRR@10, and the average number of rewrites per
+query (the cost). One function behind `flywheel rag eval` and `bench/retrieval.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stores.index import CorpusIndex, Fusion
+from tasks.config import Sampling
+from tasks.errors import InputError
+from tasks.llm.embeddings import embed
+from tasks.rewrite.beir import Benchmark, load_beir
+from tasks.rewrite.dmqr import QueryPool, rewrite, select_strategies
+from tasks.rewrite.metrics import query_metrics
+from tasks.rewrite.strategies import STRATEGIES
+
+DEPTH = 20  # documents each (query, retriever) ranking contributes before fusion
+
+
+def rag_configs(names: list[str], selections: list[list[str]]) -> dict[str, list[list[str]]]:
+    """Config name -> the strategies each query's pool applies."""
+    count = len(selections)
+    configs = {"original": [[] for _ in range(count)]}
+    configs |= {name: [[name] for _ in range(count)] for name in names}
+    if len(names) > 1:
+        configs["all"] = [list(names) for _ in range(count)]
+    configs["adaptive"] = selections
+    return configs
+
+
+def evaluate_rag(
+    bench: Benchmark,
+    llm,
+    con,
+    names: list[str],
+    sampling: Sampling,
+    max_chars: int,
+    fusion: Fusion = "rrf",
+    rrf_k: int = 60,
+    table: str = "corpus",
+    limit: int | None = None,
+) -> dict:
+    query_ids = sorted(bench.queries)[:limit]
+    texts = [bench.queries[q] for q in query_ids]
+    docs = pd.DataFrame({"doc_id": list(bench.corpus), "text": list(bench.corpus.values())})
+    index = CorpusIndex(con, docs, embed, table)
+    rewrites = rewrite(texts, [names] * len(texts), llm, sampling, max_chars)
+    selections = select_strategies(texts, llm, names, max_chars)
+    rows = []
+    for config, plans in rag_configs(names, [chosen for chosen, _ in selections]).items():
+        pools = [QueryPool(t, plan, "", r) for t, plan, r in zip(texts, plans, rewrites)]
+        retrieved = index.search([p.queries for p in pools], 10, rrf_k, fusion=fusion, depth=DEPTH)
+        scores = pd.DataFrame([query_metrics(r, bench.qrels[q]) for r, q in zip(retrieved, query_ids)])
+        rows.append(
+            {
+                "config": config,
+                **scores.mean().to_dict(),
+                "rewrites_per_query": float(np.mean([len(p.queries) - 1 for p in pools])),
+            }
+        )
+    usage = Counter(name for chosen, _ in selections for name in chosen)
+    return {
+        "queries": len(query_ids),
+        "documents": len(bench.corpus),
+        "fusion": fusion,
+        "configs": rows,
+        "selection_counts": {name: usage.get(name, 0) for name in names},
+        "examples": [
+            {"query_id": q, "selected": chosen, "reason": reason, "rewrites": r}
+            for q, (chosen, reason), r in list(zip(query_ids, selections, rewrites))[:5]
+        ],
+    }
+
+
+def rag_eval_files(
+    settings,
+    corpus: Path,
+    queries: Path,
+    qrels: Path,
+    out: Path,
+    strategies: list[str] | None = None,
+    fusion: Fusion | None = None,
+    limit: int | None = None,
+) -> dict:
+    """`flywheel rag eval`: load a BEIR benchmark, evaluate it with the champion, write the metrics JSON."""
+    from stores.store import Store
+    from tasks.runner import cached_llm, register_base_model
+
+    cfg = settings.rewrite
+    names = list(strategies or cfg.strategies)
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown:
+        raise InputError(f"unknown strategies {unknown}; known: {sorted(STRATEGIES)}")
+    bench = load_beir(corpus, queries, qrels)
+    model = register_base_model(settings)
+    table = "rag_" + hashlib.sha256(Path(corpus).read_bytes()).hexdigest()[:12]  # one index per corpus content
+    with Store.open(settings.path("store")) as store:
+        llm = cached_llm(settings, store, model)
+        result = evaluate_rag(
+            bench,
+            llm,
+            store.con,
+            names,
+            cfg.sampling,
+            cfg.max_query_chars,
+            fusion or cfg.fusion,
+            cfg.rrf_k,
+            table,
+            limit,
+        )
+    result["model"] = model.label
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out)
+    return result
+
+
+def rag_table(result: dict):
+    """The metrics per config as a rich table, with P@5 relative to the original query."""
+    from rich.table import Table
+
+    table = Table(
+        title=f"DMQR-RAG on {result['queries']} queries, {result['documents']} documents ({result['fusion']})"
+    )
+    columns = ("p@5", "hit@5", "recall@10", "ndcg@10", "mrr@10")
+    for column in ("config", *columns, "Δ P@5", "rewrites/query"):
+        table.add_column(column, justify="left" if column == "config" else "right")
+    base = next(r["p@5"] for r in result["configs"] if r["config"] == "original")
+    for row in result["configs"]:
+        change = f"{(row['p@5'] / base - 1):+.1%}" if base else "—"
+        table.add_row(row["config"], *(f"{row[c]:.4f}" for c in columns), change, f"{row['rewrites_per_query']:.2f}")
+    return table
