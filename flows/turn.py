@@ -5,7 +5,8 @@ model that is `champion` when it starts. Every task calls `tasks.runner.run_stag
 Run: `flywheel run --turns 1` (or `python -m flows.turn`). Without PREFECT_API_URL Prefect runs in ephemeral mode
 (no server to start); with it, runs are recorded on that server. Stages that generate, score or train are tagged
 `gpu`, the rest `cpu`, for work-pool routing. Prefect's own task cache is off: the store records finished batches,
-so a rerun or a resumed turn skips finished stages without a model call.
+so a rerun or a resumed turn skips finished stages without a model call. A turn holds the store's run lock
+(stores/lock.py): two turns on one store never interleave.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from stores.lock import run_lock
 from tasks.config import load_settings
 from tasks.runner import STAGES, run_stage
 
@@ -42,17 +44,19 @@ promote = _stage_task("promote")
 
 @flow(name="flywheel_turn", log_prints=True)
 def flywheel_turn(turn: int = 1, params: str = "params.yaml") -> list[dict]:
-    return [
-        ingest(params, turn),
-        context(params, turn),
-        annotate(params, turn),
-        denoise(params, turn),
-        preference(params, turn),
-        rewrite(params, turn),
-        retrain(params, turn),
-        evaluate(params, turn),
-        promote(params, turn),
-    ]
+    """One turn, stage after stage, holding the store's run lock (a second run on the same store fails clearly)."""
+    with run_lock(load_settings(params).path("store")):
+        return [
+            ingest(params, turn),
+            context(params, turn),
+            annotate(params, turn),
+            denoise(params, turn),
+            preference(params, turn),
+            rewrite(params, turn),
+            retrain(params, turn),
+            evaluate(params, turn),
+            promote(params, turn),
+        ]
 
 
 @flow(name="flywheel", log_prints=True)

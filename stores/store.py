@@ -17,6 +17,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from stores.errors import StoreError
 from stores.schema import LINEAGE_NAMES, TableSpec
 
 _SYSTEM_DDL = (
@@ -72,11 +73,15 @@ def utc_now() -> datetime:
 class Store:
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self.con = duckdb.connect(str(self.path))
+        except OSError as error:
+            raise StoreError(f"cannot open the store at {self.path}: {error.strerror or error}") from error
         except duckdb.IOException as error:
-            raise RuntimeError(f"cannot open the store at {self.path}: {error}") from error
+            busy = "lock" in str(error).lower()
+            hint = "another flywheel process is using it; wait for it to finish" if busy else str(error)
+            raise StoreError(f"cannot open the store at {self.path}: {hint}") from error
         for ddl in _SYSTEM_DDL:
             self.con.execute(ddl)
 
