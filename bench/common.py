@@ -12,13 +12,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def project_settings(work: Path, name: str, overrides: dict):
     """Settings of a project in `work` (store, exports, MLflow there; the model cache shared with the repository):
-    the repository's params.yaml with `overrides` merged section by section, written to params-<name>.yaml."""
-    from tasks.config import load_settings
+    the repository's params.yaml with `overrides` merged key by key, written to params-<name>.yaml."""
+    from tasks.config import load_settings, merge_params
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["paths"] = {**params["paths"], "models": str(REPO / ".cache" / "models")}
-    for section, values in overrides.items():
-        params[section] = {**params[section], **values} if isinstance(values, dict) else values
+    params = merge_params(params, {"paths": {"models": str(REPO / ".cache" / "models")}, **overrides})
     work.mkdir(parents=True, exist_ok=True)
     path = work / f"params-{name}.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))

@@ -31,12 +31,9 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("FLYWHEEL_PROGRESS", "0")
 
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
 import stores  # noqa: E402,F401
 from bench.common import log_bench_run, project_settings  # noqa: E402
-
-_DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
 
 _MATRIX_TSO = [
     {"model": "champion", "temperature": 0.7, "top_p": 0.95, "responses": 2},
@@ -129,16 +126,13 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _params(args, name: str, collection: dict, dpo: dict, sft_steps: int):
-    sizes = {"items": args.heldout}
-    retrain = {"sft": {**_DEFAULTS["retrain"]["sft"], "max_steps": sft_steps}}
-    retrain["dpo"] = {**_DEFAULTS["retrain"]["dpo"], "max_steps": args.dpo_steps, **dpo}
     return project_settings(
         args.work,
         name,
         {
             "preference": {"prompts_per_turn": args.prompts, **collection},
-            "retrain": retrain,
-            "evaluate": sizes,
+            "retrain": {"sft": {"max_steps": sft_steps}, "dpo": {"max_steps": args.dpo_steps, **dpo}},
+            "evaluate": {"items": args.heldout},
             "annotate": {"items_per_turn": 32 if name == "turn1" else 8},  # turn 2 trains no SFT
         },
     )

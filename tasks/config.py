@@ -207,6 +207,15 @@ class Settings(Strict):
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def merge_params(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` on top, mapping by mapping (a nested key overrides only itself)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        nested = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = merge_params(merged[key], value) if nested else value
+    return merged
+
+
 class ConfigError(FlywheelError, ValueError):
     """A params file that cannot be used; the message names the file and the fields."""
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from tasks.config import merge_params
+
 REPO = Path(__file__).resolve().parents[1]
 
 # A turn small enough for CI: 8 train items, 4 held-out, a few training steps.
@@ -28,15 +30,7 @@ TINY = {
 
 def write_params(folder: Path, overrides: dict | None = None) -> Path:
     """The repository's params.yaml (every key DVC tracks) with the TINY sizes and any overrides on top."""
-    params = _merge(_merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY), overrides or {})
+    params = merge_params(merge_params(yaml.safe_load((REPO / "params.yaml").read_text()), TINY), overrides or {})
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    merged = dict(base)
-    for key, value in extra.items():
-        nested = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = _merge(merged[key], value) if nested else value
-    return merged

@@ -19,8 +19,7 @@ import pandas as pd
 
 from stores.registry import ModelRef
 from tasks.config import MatrixCell, Sampling
-from tasks.prompts import caption_messages
-from tasks.stage import derive_seed
+from tasks.prompts import sample_captions
 
 HUMAN = "human"
 
@@ -68,27 +67,20 @@ def generate_responses(
     """`responses` completions per item from every generator; seeds depend on (item, sampling, index), not the model,
     so two models answer with the same random stream and differ by what they learned."""
     frames = []
-    records = items.to_dict("records")
     for generator in generators:
-        jobs = [(item, index) for item in records for index in range(generator.responses)]
         sampling = generator.sampling
-        generations = client_for(generator.model).generate(
-            [caption_messages(item, max_signal_chars) for item, _ in jobs],
-            sampling,
-            [
-                derive_seed(seed, "preference", item["item_id"], sampling.temperature, sampling.top_p, i)
-                for item, i in jobs
-            ],
-            desc=f"responses {generator.label}",
+        purpose = f"preference T{sampling.temperature:g} p{sampling.top_p:g}"  # the seed's part: not the model
+        samples = sample_captions(
+            items, client_for(generator.model), generator.responses, sampling, max_signal_chars, seed, purpose
         )
         frames.append(
             pd.DataFrame(
                 {
-                    "item_id": [item["item_id"] for item, _ in jobs],
+                    "item_id": [item["item_id"] for item, _, _ in samples],
                     "generator": generator.label,
                     "generator_version": generator.model.version,
-                    "response_idx": [index for _, index in jobs],
-                    "text": [g.text.strip() for g in generations],
+                    "response_idx": [index for _, index, _ in samples],
+                    "text": [g.text.strip() for _, _, g in samples],
                 }
             )
         )

@@ -37,7 +37,6 @@ from tasks.preference.scorer import LLMJudge, Scorer
 from tasks.prompts import item_content
 from tasks.stage import StageContext, StageDef, StageOutput
 
-_TEXT = Column("text", "VARCHAR", max_length=4000)
 PROMPTS = TableSpec(
     "preference_prompts",
     (
@@ -56,7 +55,7 @@ RESPONSES = TableSpec(
         Column("generator", "VARCHAR", min_length=1),
         Column("generator_version", "INTEGER", min_value=0),
         Column("response_idx", "INTEGER", min_value=0),
-        _TEXT,
+        Column("text", "VARCHAR", max_length=4000),
         Column("similarity", "DOUBLE", min_value=-1.0, max_value=1.0),
         Column("judge", "DOUBLE", nullable=True, min_value=0.0, max_value=1.0),
         Column("violations", "VARCHAR"),
