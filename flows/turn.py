@@ -1,12 +1,12 @@
 """Prefect flows: `flywheel_turn` runs one turn, one task per stage; `flywheel` runs N turns, each starting from the
-model that is `champion` when it starts. Every task calls `tasks.runner.run_stage`, the same function as
-`flywheel stage NAME` and the `dvc.yaml` cmds, so the three ways to run a stage cannot drift apart.
+model that is `champion` when it starts. Every task calls `tasks.runner.run_stage`, the same function as `flywheel
+stage NAME` and the `dvc.yaml` cmds, so the three ways to run a stage cannot drift apart.
 
 Run: `flywheel run --turns 1` (or `python -m flows.turn`). Without PREFECT_API_URL Prefect runs in ephemeral mode
 (no server to start); with it, runs are recorded on that server. Stages that generate, score or train are tagged
-`gpu`, the rest `cpu`, for work-pool routing. Prefect's own task cache is off: the store records finished batches,
-so a rerun or a resumed turn skips finished stages without a model call. A turn holds the store's run lock
-(stores/lock.py): two turns on one store never interleave.
+`gpu`, the rest `cpu`, for work-pool routing; a model stage whose server failed is retried with backoff. Prefect's
+own task cache is off: the store records finished batches, so a rerun or a resumed turn skips finished stages
+without a model call. A turn holds the store's run lock (stores/lock.py): two turns on one store never interleave.
 """
 
 from __future__ import annotations
@@ -16,14 +16,32 @@ from dataclasses import asdict
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.tasks import exponential_backoff
 
 from stores.lock import run_lock
 from tasks.config import load_settings
+from tasks.errors import ModelServerError
 from tasks.runner import STAGES, run_stage
+
+MODEL_SERVER_RETRIES = 2  # a stage whose model server failed (after its own request retries) is retried this often
+
+
+def _model_server_failed(task, task_run, state) -> bool:
+    """Retry only failures a later attempt can fix; a rerun resumes from the LLM-call cache, repeating no call."""
+    return isinstance(state.data, ModelServerError)
 
 
 def _stage_task(name: str):
-    @task(name=name, tags=["gpu" if STAGES[name].uses_model else "cpu"], cache_policy=NO_CACHE)
+    uses_model = STAGES[name].uses_model
+
+    @task(
+        name=name,
+        tags=["gpu" if uses_model else "cpu"],
+        cache_policy=NO_CACHE,
+        retries=MODEL_SERVER_RETRIES if uses_model else 0,
+        retry_delay_seconds=exponential_backoff(backoff_factor=30),
+        retry_condition_fn=_model_server_failed,
+    )
     def stage(params: str, turn: int) -> dict:
         tags = {"prefect.flow_run_id": str(flow_run.get_id() or "")}
         return asdict(run_stage(name, load_settings(params), turn, tags))

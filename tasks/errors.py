@@ -8,4 +8,8 @@ class InputError(FlywheelError, ValueError):
     """Input data that cannot be used; the message names the file (and line and field where it can)."""
 
 
-__all__ = ["FlywheelError", "InputError", "StoreError"]
+class ModelServerError(FlywheelError, RuntimeError):
+    """The model server could not answer (down, too slow, or serving other weights): a later attempt may succeed."""
+
+
+__all__ = ["FlywheelError", "InputError", "ModelServerError", "StoreError"]

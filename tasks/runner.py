@@ -60,19 +60,28 @@ class StageResult:
 
 
 @lru_cache(maxsize=2)
-def _backend(path: str, batch_size: int, threads: int | None):
+def _transformers_backend(path: str, batch_size: int, threads: int | None):
     from tasks.llm.transformers_backend import TransformersBackend
 
     return TransformersBackend(path, batch_size=batch_size, threads=threads)
 
 
+def _backend(settings: Settings, ref: ModelRef):
+    if settings.model.backend == "vllm":
+        from tasks.llm.vllm_server import vllm_backend
+
+        return vllm_backend(ref, settings)
+    return _transformers_backend(str(ref.path), settings.model.batch_size, settings.model.threads)
+
+
 def cached_llm(settings: Settings, store: Store, model: ModelRef) -> CachedLLM:
-    """A cached client for `model`; its weights load only if a call misses the cache."""
+    """A cached client for `model`; its weights load (or its server starts) only if a call misses the cache."""
     return CachedLLM(
-        lambda ref: _backend(str(ref.path), settings.model.batch_size, settings.model.threads),
+        lambda ref: _backend(settings, ref),
         LLMCallCache(store.con),
         model,
         progress=os.environ.get("FLYWHEEL_PROGRESS", "1") == "1",
+        engine=settings.model.backend,
     )
 
 

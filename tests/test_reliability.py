@@ -134,3 +134,27 @@ def test_a_store_path_that_cannot_exist_names_the_path(tmp_path, capsys):
     params = write_params(tmp_path, {"paths": {"store": "blocker/flywheel.duckdb"}})
     assert main(["--params", str(params), "stage", "ingest"]) == 2
     assert f"cannot open the store at {tmp_path / 'blocker' / 'flywheel.duckdb'}" in capsys.readouterr().err
+
+
+def test_a_model_server_that_dies_mid_stage_fails_clearly_and_the_rerun_repeats_nothing(tmp_path, backend, capsys):
+    from tasks.config import load_settings
+    from tasks.llm.openai_backend import served_name
+    from tasks.runner import register_base_model
+    from tests.model_server import ModelServer
+
+    server_cfg = {"retries": 2, "backoff_s": 0.01, "concurrency": 2}  # commits every 2 answers
+    params = write_params(tmp_path, {**SMALL, "model": {"backend": "vllm", "server": server_cfg}})
+    server = ModelServer(backend, served_name(register_base_model(load_settings(params))))
+    write_params(tmp_path, {**SMALL, "model": {"backend": "vllm", "server": {**server_cfg, "url": server.url}}})
+    try:
+        for stage in ("ingest", "context"):
+            assert main(["--params", str(params), "stage", stage]) == 0
+        server.down_after = 5  # answers 5 requests, then 503 to everything
+        assert main(["--params", str(params), "stage", "annotate"]) == 2
+        error = capsys.readouterr().err
+        assert f"flywheel: model server {server.url}/completions failed 3 times; last: HTTP 503" in error
+        server.down_after = None  # the server is back
+        assert main(["--params", str(params), "stage", "annotate"]) == 0
+        assert "4 LLM calls" in capsys.readouterr().out  # 8 calls: 4 committed before the failure, 1 lost in flight
+    finally:
+        server.close()

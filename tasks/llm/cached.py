@@ -1,9 +1,11 @@
 """The only way stages reach a model: every call goes through the LLM-call cache first.
 
-Identical requests are sent once, misses go to the backend in length-sorted chunks, and each chunk's results are
-committed before the next starts (a killed stage loses at most one chunk). `calls` counts prompts that reached the
-model, which is how tests prove a rerun makes none. A finished generation also answers the matching scoring request
-(same model, same prompt, same tokens), so scoring one's own outputs costs nothing.
+The key also names the engine (transformers or vllm): the two sample differently from the same seed, so switching
+engines recomputes rather than mixing their answers. Identical requests are sent once, misses go to the backend in
+length-sorted chunks, and each chunk's results are committed before the next starts (a killed stage loses at most
+one chunk). `calls` counts prompts that reached the model, which is how tests prove a rerun makes none. A finished
+generation also answers the matching scoring request (same model, same prompt, same tokens), so scoring one's own
+outputs costs nothing.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from tasks.llm.backend import Generation, GenerationBackend, Messages, Scored
 
 
 class CachedLLM:
-    def __init__(self, backend_factory, cache: LLMCallCache, model: ModelRef, progress: bool = True):
+    def __init__(
+        self, backend_factory, cache: LLMCallCache, model: ModelRef, progress: bool = True, engine: str = "transformers"
+    ):
         self._backend_factory = backend_factory  # loaded on the first miss: a fully cached stage never loads weights
         self._backend: GenerationBackend | None = None
-        self.cache, self.model, self.progress = cache, model, progress
+        self.cache, self.model, self.progress, self.engine = cache, model, progress, engine
         self.calls = 0
 
     @property
@@ -34,14 +38,14 @@ class CachedLLM:
     def generate(self, prompts: list[Messages], sampling: Sampling, seeds: list[int], desc: str) -> list[Generation]:
         greedy = sampling.temperature == 0
         requests = [
-            {"prompt": p, "sampling": sampling.model_dump(), "seed": None if greedy else s}
+            {"prompt": p, "sampling": sampling.model_dump(), "seed": None if greedy else s, "engine": self.engine}
             for p, s in zip(prompts, seeds)
         ]
         responses = self._through_cache("generate", requests, self._generate_chunk, desc)
         return [Generation(**r) for r in responses]
 
     def score(self, prompts: list[Messages], completions: list[str], desc: str) -> list[Scored]:
-        requests = [{"prompt": p, "completion": c} for p, c in zip(prompts, completions)]
+        requests = [{"prompt": p, "completion": c, "engine": self.engine} for p, c in zip(prompts, completions)]
         responses = self._through_cache("score", requests, self._score_chunk, desc)
         return [Scored(**r) for r in responses]
 
@@ -78,7 +82,7 @@ class CachedLLM:
         entries = []
         for request, generation in zip(requests, generations):
             if generation.finished and self.backend.completion_token_ids(generation.text) == generation.token_ids:
-                score_request = {"prompt": request["prompt"], "completion": generation.text}
+                score_request = {"prompt": request["prompt"], "completion": generation.text, "engine": self.engine}
                 key = call_key("score", self.model.fingerprint, score_request)
                 entries.append((key, score_request, asdict(Scored(generation.token_logprobs))))
         self.cache.put_many("score", self.model.fingerprint, self.model.label, entries)

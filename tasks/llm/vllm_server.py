@@ -1,0 +1,115 @@
+"""Managed vLLM servers: one `vllm` OpenAI-compatible server per model version, in vLLM's own environment.
+
+vLLM cannot share the flywheel's environment (it pins fastapi and transformers versions Prefect cannot use), so it
+runs as a server from `model.server.venv` (`make vllm`) on 127.0.0.1 and a free port, serving the registered model's
+folder under `served_name(ref)`. At most `max_servers` run at once: asking for a new model version (the champion
+after a promotion) stops the least recently used one. Servers run in their own process group and are stopped by PID
+when the process that started them exits. With `model.server.url` set, nobody starts anything: that server is used.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections import OrderedDict
+
+import httpx
+
+from stores.registry import ModelRef
+from tasks.config import Settings
+from tasks.errors import ModelServerError
+from tasks.llm.openai_backend import OpenAIBackend, served_name
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+class VllmServer:
+    def __init__(self, ref: ModelRef, settings: Settings):
+        cfg = settings.model.server
+        self.ref, self.cfg = ref, cfg
+        self.python = (settings.root / cfg.venv / "bin" / "python").absolute()
+        if not self.python.exists():
+            raise ModelServerError(f"no vLLM environment at {self.python.parent.parent}: run `make vllm` first")
+        self.port = free_port(cfg.host)
+        self.url = f"http://{cfg.host}:{self.port}/v1"
+        cache = settings.path("models").parent / "vllm"
+        cache.mkdir(parents=True, exist_ok=True)
+        self.log_path = cache / f"server-v{ref.version}-{self.port}.log"
+        threads = settings.model.threads or os.cpu_count() or 1
+        env = {
+            **os.environ,
+            "VLLM_CACHE_ROOT": str(cache),
+            "VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib),
+            "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}",
+            "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+            "VLLM_NO_USAGE_STATS": "1",
+        }
+        command = [
+            str(self.python), "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(ref.path), "--served-model-name", served_name(ref),
+            "--host", cfg.host, "--port", str(self.port), "--max-model-len", str(cfg.max_model_len),
+            "--seed", str(settings.seed),
+        ]  # fmt: skip
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self._wait_healthy()
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.cfg.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-15:])
+                raise ModelServerError(f"vLLM server for {self.ref.label} exited at start ({self.log_path}):\n{tail}")
+            try:
+                if httpx.get(self.url.removesuffix("/v1") + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(1)
+        self.stop()
+        raise ModelServerError(f"vLLM server for {self.ref.label} not healthy in {self.cfg.start_timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        """Stop the whole process group (the API server and its engine process)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+_running: OrderedDict[str, VllmServer] = OrderedDict()
+
+
+def vllm_backend(ref: ModelRef, settings: Settings) -> OpenAIBackend:
+    """A backend for `ref` on the configured server, or on a managed server started (or reused) for it."""
+    cfg = settings.model.server
+    if cfg.url:
+        return OpenAIBackend(ref, cfg.url, cfg)
+    name = served_name(ref)
+    if name not in _running:
+        while len(_running) >= cfg.max_servers:
+            _running.popitem(last=False)[1].stop()
+        _running[name] = VllmServer(ref, settings)
+    _running.move_to_end(name)
+    return OpenAIBackend(ref, _running[name].url, cfg)
+
+
+def stop_all() -> None:
+    while _running:
+        _running.popitem()[1].stop()
+
+
+atexit.register(stop_all)
