@@ -43,7 +43,7 @@ $(VLLM_VENV)/.flywheel-installed:
 run: setup
 	$(BIN)/flywheel run --turns 1
 
-test: setup
+test: setup vllm
 	$(BIN)/pytest
 
 repro: setup

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.project import REPO, link_model_cache
 
 
 def project_settings(work: Path, name: str, overrides: dict):
@@ -16,8 +16,8 @@ def project_settings(work: Path, name: str, overrides: dict):
     from tasks.config import load_settings, merge_params
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params = merge_params(params, {"paths": {"models": str(REPO / ".cache" / "models")}, **overrides})
-    work.mkdir(parents=True, exist_ok=True)
+    params = merge_params(params, overrides)
+    link_model_cache(work)
     path = work / f"params-{name}.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return load_settings(path)

@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("FLYWHEEL_PROGRESS", "0")
 
 import stores  # noqa: E402,F401
+from tests.project import link_model_cache  # noqa: E402
 
 
 def main() -> None:
@@ -41,13 +42,13 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
     n = args.train_items
     params = {
-        "paths": {"models": str(REPO / ".cache" / "models")},
         "annotate": {"items_per_turn": n},
         "preference": {"prompts_per_turn": max(1, n // 2), "human_prompts_per_turn": 2},
         "rewrite": {"queries_per_turn": max(1, n // 2)},
         "retrain": {"sft": {"max_steps": 2, "human_items_per_turn": max(1, n // 2)}, "dpo": {"max_steps": 1}},
         "evaluate": {"items": args.heldout_items},
     }
+    link_model_cache(folder)
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     settings = load_settings(folder / "params.yaml")
 

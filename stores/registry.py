@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 
 import mlflow
 from mlflow import MlflowClient
+from stores.errors import StoreError
 
 CHAMPION, CANDIDATE = "champion", "candidate"
 WEIGHTS = "model.safetensors"
@@ -75,6 +76,16 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
     return target
 
 
+def verify(ref: ModelRef) -> ModelRef:
+    """`ref` if its folder is whole: config, tokenizer and weights present, weights hashing to the fingerprint."""
+    missing = [name for name in ("config.json", "tokenizer.json", WEIGHTS) if not (ref.path / name).is_file()]
+    if missing:
+        raise StoreError(f"model folder {ref.path} of {ref.label} is incomplete: {', '.join(missing)} missing")
+    if sha256_file(ref.path / WEIGHTS) != ref.fingerprint:
+        raise StoreError(f"model folder {ref.path} of {ref.label}: {WEIGHTS} does not match its fingerprint")
+    return ref
+
+
 class Registry:
     def __init__(self, name: str, experiment_id: str, cache_dir: Path):
         self.name, self.experiment_id, self.cache_dir = name, experiment_id, cache_dir
@@ -117,6 +128,10 @@ class Registry:
 
     def set_alias(self, alias: str, version: int) -> None:
         self.client.set_registered_model_alias(self.name, alias, str(version))
+
+    def promote(self, version: int) -> None:
+        """Point `champion` at `version`, only once its folder is complete (the weights match the fingerprint)."""
+        self.set_alias(CHAMPION, verify(self.get(version)).version)
 
     def _local(self, version) -> Path:
         """A local folder with the version's files (the artifact itself when the artifact store is local)."""

@@ -28,7 +28,7 @@ def configure(mlflow_dir: Path, experiment: str) -> str:
     """Point MLflow at the project backend (unless the environment names a server); returns the experiment id."""
     uri = _USER_TRACKING_URI or f"sqlite:///{mlflow_dir / 'mlflow.db'}"
     if uri.startswith("sqlite:///"):
-        mlflow_dir.mkdir(parents=True, exist_ok=True)
+        _create_sqlite_backend(Path(uri.removeprefix("sqlite:///")))
     mlflow.set_tracking_uri(uri)
     if _USER_TRACKING_URI is None:  # keep child processes (dvc stage cmds) choosing their own project's backend
         os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -37,6 +37,25 @@ def configure(mlflow_dir: Path, experiment: str) -> str:
         return found.experiment_id
     artifacts = (mlflow_dir / "artifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
     return mlflow.create_experiment(experiment, artifact_location=artifacts)
+
+
+def _create_sqlite_backend(db: Path) -> None:
+    """MLflow builds its schema with migrations that are not atomic on sqlite (a full disk half-way leaves a database
+    no later run can open), so a new backend is built aside and linked into place only when complete."""
+    if db.exists():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    staging = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    try:
+        SqlAlchemyStore(f"sqlite:///{staging}", str(db.parent / "artifacts")).engine.dispose()
+        try:
+            os.link(staging, db)  # never replaces a backend another process finished first
+        except FileExistsError:
+            pass
+    finally:
+        staging.unlink(missing_ok=True)
 
 
 def ui_command(mlflow_dir: Path) -> str:

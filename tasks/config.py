@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
-from typing import Literal
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tasks.errors import FlywheelError
 
@@ -27,17 +35,28 @@ class Sampling(Strict):
     max_new_tokens: int = Field(32, ge=1, le=512)
 
 
+def _inside_project(value: str) -> str:
+    """Paths from params stay inside the project folder (a symlink there is the operator's way out, not a param)."""
+    path = PurePosixPath(value)
+    if not value or path.is_absolute() or ".." in path.parts or "\\" in value:
+        raise ValueError(f"{value!r} must be a relative path inside the project folder (no '..', not absolute)")
+    return value
+
+
+ProjectPath = Annotated[str, AfterValidator(_inside_project)]
+
+
 class Paths(Strict):
-    store: str = "data/flywheel.duckdb"
-    exports: str = "data/exports"
-    metrics: str = "metrics"
-    models: str = ".cache/models"
-    mlflow: str = "mlflow"
-    labels: str = "labels/preference.jsonl"  # human preference labels merged back (labels/README.md)
+    store: ProjectPath = "data/flywheel.duckdb"
+    exports: ProjectPath = "data/exports"
+    metrics: ProjectPath = "metrics"
+    models: ProjectPath = ".cache/models"
+    mlflow: ProjectPath = "mlflow"
+    labels: ProjectPath = "labels/preference.jsonl"  # human preference labels merged back (labels/README.md)
 
 
 class Data(Strict):
-    source: str = "semanlink"  # "semanlink" (bundled, from cherche) or a path to a JSONL file in the item schema
+    source: ProjectPath = "semanlink"  # "semanlink" (bundled, from cherche) or a JSONL file in the item schema
     min_comment_chars: int = Field(200, ge=1)  # a non-arXiv bookmark needs a comment this long to be captioned
     min_title_chars: int = Field(12, ge=1)
     heldout_fraction: float = Field(0.2, gt=0.0, lt=0.5)
@@ -50,7 +69,7 @@ class Server(Strict):
 
     url: str | None = Field(None, pattern=r"^https?://")  # an external server; null: the flywheel starts vLLM itself
     host: str = "127.0.0.1"  # where a managed server binds
-    venv: str = ".venv-vllm"  # the environment with vllm (`make vllm`)
+    venv: ProjectPath = ".venv-vllm"  # the environment with vllm (`make vllm`)
     max_model_len: int = Field(1024, ge=128)
     kv_cache_gib: int = Field(2, ge=1)  # VLLM_CPU_KVCACHE_SPACE on CPU
     start_timeout_s: float = Field(600.0, gt=0)

@@ -17,13 +17,14 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 from stores import tracking
+from stores.errors import disk_failure
 from stores.llm_cache import LLMCallCache
 from stores.registry import ModelRef, Registry, packaged_gguf
 from stores.store import Lineage, StageRunRecord, Store
 from tasks.annotate import STAGE as ANNOTATE
 from tasks.config import Settings
 from tasks.denoise import STAGE as DENOISE
-from tasks.errors import FlywheelError
+from tasks.errors import FlywheelError, StoreError
 from tasks.evaluate import PROMOTE_STAGE as PROMOTE
 from tasks.evaluate import STAGE as EVALUATE
 from tasks.ingest import STAGE as INGEST
@@ -119,6 +120,22 @@ def turn_start_model(store: Store, registry: Registry, settings: Settings, turn:
 
 
 def run_stage(name: str, settings: Settings, turn: int, tags: dict[str, str] | None = None) -> StageResult:
+    """Run one stage of one turn (or find it finished). A full or read-only disk is one clear error that names what
+    could not be written; the stage's batch was not recorded, so the rerun after fixing the disk redoes it."""
+    try:
+        return _run_stage(name, settings, turn, tags)
+    except FlywheelError:
+        raise
+    except Exception as error:
+        failure = disk_failure(error)
+        if failure is None:
+            raise
+        raise StoreError(
+            f"stage {name}: cannot write under {settings.root} (disk full or read-only?): {failure}"
+        ) from error
+
+
+def _run_stage(name: str, settings: Settings, turn: int, tags: dict[str, str] | None) -> StageResult:
     if name not in STAGES:
         raise FlywheelError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     stage = STAGES[name]

@@ -22,6 +22,7 @@ class ModelServer:
         self.faults: list[str] = []  # consumed one per completion request: "503", "slow:<seconds>"
         self.down_after: int | None = None  # completions answered before every later one gets a 503
         self.completions = 0
+        self.authorizations: set[str] = set()  # Authorization headers seen
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -77,6 +78,7 @@ class ModelServer:
                 self._send(200, {"data": [{"id": server.name}]})
 
             def do_POST(self) -> None:
+                server.authorizations.add(self.headers.get("Authorization", ""))
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fault = server._next_fault()
                 if fault == "503":

@@ -14,7 +14,6 @@ REPO = Path(__file__).resolve().parents[1]
 # A turn small enough for CI: 8 train items, 4 held-out, a few training steps.
 TINY = {
     "seed": 13,
-    "paths": {"models": str(REPO / ".cache" / "models")},
     "data": {"max_signal_chars": 300},
     "model": {"batch_size": 8},
     "annotate": {"items_per_turn": 8},
@@ -28,8 +27,18 @@ TINY = {
 }
 
 
+def link_model_cache(folder: Path) -> None:
+    models = folder / ".cache" / "models"
+    if not models.exists():
+        models.parent.mkdir(parents=True, exist_ok=True)
+        models.symlink_to(REPO / ".cache" / "models", target_is_directory=True)
+
+
 def write_params(folder: Path, overrides: dict | None = None) -> Path:
-    """The repository's params.yaml (every key DVC tracks) with the TINY sizes and any overrides on top."""
+    """The repository's params.yaml (every key DVC tracks) with the TINY sizes and any overrides on top. The project's
+    `.cache/models` links to the repository's, so every test shares one converted model (params paths stay inside
+    the project)."""
+    link_model_cache(folder)
     params = merge_params(merge_params(yaml.safe_load((REPO / "params.yaml").read_text()), TINY), overrides or {})
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))

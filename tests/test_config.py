@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from tasks.config import ConfigError, load_settings
+from tests.project import write_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,3 +52,18 @@ def test_section_hash_changes_only_with_its_sections(tmp_path):
     a, b = load_settings(base), load_settings(changed)
     assert a.section_hash("denoise") != b.section_hash("denoise")
     assert a.section_hash("annotate", "data") == b.section_hash("annotate", "data")
+
+
+@pytest.mark.parametrize(
+    "section, key, value",
+    [
+        ("paths", "store", "/etc/flywheel.duckdb"),
+        ("paths", "exports", "../outside"),
+        ("paths", "models", "data/../../models"),
+        ("data", "source", "/home/someone/items.jsonl"),
+    ],
+)
+def test_params_paths_stay_inside_the_project(tmp_path, section, key, value):
+    params = write_params(tmp_path, {section: {key: value}})
+    with pytest.raises(ConfigError, match=rf"{section}.{key}: .*must be a relative path inside the project folder"):
+        load_settings(params)

