@@ -7,6 +7,10 @@ flywheel setup                              register the packaged model as champ
 flywheel denoise score --items F --out F    noise scores + keep/drop for any items file
 flywheel rag eval --corpus F --queries F --qrels F --out F   DMQR-RAG on any BEIR-layout benchmark
 flywheel rag semanlink --out DIR            write the bundled Semanlink arXiv->tags benchmark in BEIR layout
+flywheel serve-local                        start Prefect + MLflow servers and the cpu/gpu workers (127.0.0.1)
+flywheel deploy [--cron C] [--turns N]      create the stage deployments and the scheduled flywheel deployment
+flywheel trigger [--turns N]                run the scheduled deployment now, on the workers, and wait for it
+flywheel stop                               stop what serve-local started, by PID
 """
 
 from __future__ import annotations
@@ -53,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     rag.add_parser("semanlink", help="write the bundled Semanlink benchmark").add_argument(
         "--out", type=Path, required=True
     )
+    commands.add_parser("serve-local", help="start Prefect and MLflow servers and both workers on 127.0.0.1")
+    deploy = commands.add_parser("deploy", help="create the Prefect deployments (stage pools + scheduled turns)")
+    deploy.add_argument("--cron", default=None, help='schedule of the flywheel deployment, e.g. "0 3 * * *"')
+    deploy.add_argument("--turns", type=int, default=1, help="turns per scheduled run")
+    trigger = commands.add_parser("trigger", help="run the flywheel deployment now and wait for it")
+    trigger.add_argument("--turns", type=int, default=None, help="default: the deployment's")
+    commands.add_parser("stop", help="stop the services serve-local started")
     args = parser.parse_args(argv)
 
     try:
@@ -113,10 +124,44 @@ def _dispatch(args: argparse.Namespace) -> None:
         )
         Console(width=140).print(rag_table(result))
         print(f"wrote {args.out}")
+    elif args.command in ("serve-local", "deploy", "trigger", "stop"):
+        _services_command(args, settings)
     elif args.command == "setup":
         from tasks.runner import register_base_model
 
         print(f"champion: {register_base_model(settings).label}")
+
+
+def _services_command(args: argparse.Namespace, settings) -> None:
+    import os
+
+    from flows import services
+
+    if args.command == "serve-local":
+        started = services.start_services(settings)
+        print(f"Prefect UI: {started.prefect_api_url.removesuffix('/api')}\nMLflow UI:  {started.mlflow_url}")
+        print(f"workers: {services.CPU_POOL}, {services.GPU_POOL}; PIDs and logs in {services.services_file(settings)}")
+        print("next: `flywheel deploy`, then `flywheel trigger` (or wait for the schedule); `flywheel stop` ends it")
+        return
+    running = services.load_services(settings)
+    if args.command == "stop":
+        print("stopped: " + ", ".join(services.stop_services(running)))
+        services.services_file(settings).unlink()
+        return
+    os.environ.update(running.environment())  # before Prefect is imported: its client reads these
+    if args.command == "deploy":
+        from flows.deploy import deploy
+
+        names = deploy(Path(args.params), args.turns, args.cron)
+        schedule = f"; flywheel/scheduled runs at cron {args.cron!r}" if args.cron else " (no schedule)"
+        print(f"deployments: {', '.join(names)}{schedule}")
+    else:
+        from flows.deploy import trigger
+        from flows.summary import print_turn
+        from stores import tracking
+
+        for results in trigger(args.turns):
+            print_turn(results, tracking.ui_command(settings.path("mlflow")))
 
 
 if __name__ == "__main__":

@@ -12,15 +12,18 @@ without a model call. A turn holds the store's run lock (stores/lock.py): two tu
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Literal
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from stores.lock import run_lock
+from stores.store import Store
 from tasks.config import load_settings
-from tasks.errors import ModelServerError
+from tasks.errors import FlywheelError, ModelServerError
 from tasks.runner import STAGES, run_stage
 
 MODEL_SERVER_RETRIES = 2  # a stage whose model server failed (after its own request retries) is retried this often
@@ -49,37 +52,52 @@ def _stage_task(name: str):
     return stage
 
 
-ingest = _stage_task("ingest")
-context = _stage_task("context")
-annotate = _stage_task("annotate")
-denoise = _stage_task("denoise")
-preference = _stage_task("preference")
-rewrite = _stage_task("rewrite")
-retrain = _stage_task("retrain")
-evaluate = _stage_task("evaluate")
-promote = _stage_task("promote")
+STAGE_TASKS = {name: _stage_task(name) for name in STAGES}
+Dispatch = Literal["local", "deployments"]
+
+
+@flow(name="flywheel-stage", log_prints=True)
+def flywheel_stage(name: str, turn: int = 1, params: str = "params.yaml") -> dict:
+    """One stage as a flow run of its own: what the `flywheel-stage/gpu` and `/cpu` deployments run on their pools."""
+    return STAGE_TASKS[name](params, turn)
+
+
+def _run_on_pool(name: str, turn: int, params: str) -> dict:
+    """The stage as a run of the deployment for its pool; the key makes a retried turn find, not repeat, it."""
+    pool = "gpu" if STAGES[name].uses_model else "cpu"
+    child = run_deployment(
+        f"flywheel-stage/{pool}",
+        parameters={"name": name, "turn": turn, "params": params},
+        idempotency_key=f"{flow_run.get_id()}:{name}:{turn}",
+        poll_interval=2,
+    )
+    if not child.state.is_completed():
+        raise FlywheelError(f"stage {name} of turn {turn} ended {child.state.name} on the {pool} pool: {child.name}")
+    return child.state.result()
 
 
 @flow(name="flywheel_turn", log_prints=True)
-def flywheel_turn(turn: int = 1, params: str = "params.yaml") -> list[dict]:
-    """One turn, stage after stage, holding the store's run lock (a second run on the same store fails clearly)."""
+def flywheel_turn(turn: int = 1, params: str = "params.yaml", dispatch: Dispatch = "local") -> list[dict]:
+    """One turn, stage after stage, holding the store's run lock (a second run on the same store fails clearly).
+    `local` runs each stage as a task in this process; `deployments` runs it on its work pool's worker."""
     with run_lock(load_settings(params).path("store")):
-        return [
-            ingest(params, turn),
-            context(params, turn),
-            annotate(params, turn),
-            denoise(params, turn),
-            preference(params, turn),
-            rewrite(params, turn),
-            retrain(params, turn),
-            evaluate(params, turn),
-            promote(params, turn),
-        ]
+        if dispatch == "deployments":
+            return [_run_on_pool(name, turn, params) for name in STAGES]
+        return [STAGE_TASKS[name](params, turn) for name in STAGES]
 
 
 @flow(name="flywheel", log_prints=True)
-def flywheel(turns: int = 1, first_turn: int = 1, params: str = "params.yaml") -> list[list[dict]]:
-    return [flywheel_turn(turn=turn, params=params) for turn in range(first_turn, first_turn + turns)]
+def flywheel(
+    turns: int = 1, first_turn: int | None = None, params: str = "params.yaml", dispatch: Dispatch = "local"
+) -> list[list[dict]]:
+    """N turns from `first_turn`, or (None, what a schedule sends) from the store's next turn: an unfinished turn is
+    resumed, a finished one is not redone."""
+    if first_turn is None:
+        with Store.open(load_settings(params).path("store")) as store:
+            first_turn = store.next_turn()
+    return [
+        flywheel_turn(turn=turn, params=params, dispatch=dispatch) for turn in range(first_turn, first_turn + turns)
+    ]
 
 
 if __name__ == "__main__":

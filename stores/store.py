@@ -197,6 +197,14 @@ class Store:
         row = self.con.execute("SELECT start_model_version FROM turns WHERE turn = ?", [turn]).fetchone()
         return None if row is None else row[0]
 
+    def next_turn(self) -> int:
+        """The turn a scheduled run should do: the last started one if it has not finished (promote), else the next."""
+        last = self.con.execute("SELECT max(turn) FROM turns").fetchone()[0]
+        if last is None:
+            return 1
+        finished = self.con.execute("SELECT count(*) FROM stage_runs WHERE stage = 'promote' AND turn = ?", [last])
+        return last + 1 if finished.fetchone()[0] else last
+
     def record_turn_start(self, turn: int, model_version: int) -> None:
         self.con.execute("INSERT OR IGNORE INTO turns VALUES (?, ?, ?)", [turn, model_version, utc_now()])
 
