@@ -15,7 +15,7 @@ export GX_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup run test repro ui clean vllm
+.PHONY: setup run test test-slow bench repro ui clean vllm
 
 setup: $(STAMP)
 
@@ -45,6 +45,12 @@ run: setup
 
 test: setup vllm
 	$(BIN)/pytest
+
+test-slow: setup vllm
+	$(BIN)/pytest -m slow -s
+
+bench: setup vllm
+	$(BIN)/python bench/all.py
 
 repro: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro

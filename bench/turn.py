@@ -2,7 +2,8 @@
 
 Run: .venv/bin/python bench/turn.py [--train-items 8] [--heldout-items 4]
 Prints a table and writes bench/results/turn.json. The rerun must make 0 model calls; its speed-up is reported
-against the cold turn measured in the same run (model conversion is done beforehand, outside the timings).
+against the cold turn measured in the same run (model conversion is done beforehand, outside the timings). The peak
+RSS of this process (the whole turn ran in it) is reported too.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -88,7 +90,9 @@ def main() -> None:
         str(sum(r["rerun_llm_calls"] for r in rows)),
         f"{cold_total / rerun_total:.0f}x",
     )
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
     Console(width=120).print(table)
+    print(f"peak RSS of the turn: {peak_gib:.2f} GiB")
     out = REPO / "bench" / "results" / "turn.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
@@ -99,6 +103,9 @@ def main() -> None:
                 "stages": rows,
                 "cold_s": cold_total,
                 "rerun_s": rerun_total,
+                "speedup": cold_total / rerun_total,
+                "rerun_llm_calls": sum(r["rerun_llm_calls"] for r in rows),
+                "peak_rss_gib": peak_gib,
             },
             indent=2,
         )

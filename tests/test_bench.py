@@ -44,3 +44,24 @@ def test_noise_control_bench_smoke(tmp_path):
     assert {r["method"] for r in result["detection"]} == methods
     assert all(0 <= r["auroc"] <= 1 for r in result["detection"] if r["method"] != "none")
     assert {r["method"] for r in result["downstream"]} == methods | {"(starting model)"}
+
+
+@pytest.mark.parametrize(
+    "bench, args",
+    [
+        ("scale", ["--sizes", "300", "1200"]),
+        ("generation", ["--prompts", "4", "--max-new-tokens", "8", "--no-vllm"]),
+        ("retrieval_speed", ["--rewrite-queries", "4"]),
+    ],
+)
+def test_performance_benches_run_and_report_their_ratios(tmp_path, bench, args):
+    out = tmp_path / f"{bench}.json"
+    extra = ["--work", str(tmp_path / "work"), "--out", str(out), "--mlflow-dir", str(tmp_path / "mlflow")]
+    command = [sys.executable, str(REPO / "bench" / f"{bench}.py"), *args, *extra]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    from bench.all import headlines
+
+    rows = headlines({bench: result})
+    assert rows and all(measured for _, measured, _ in rows)

@@ -56,6 +56,8 @@ def test_a_triggered_deployment_runs_each_stage_on_its_pool(tmp_path):
         assert sorted(int(v.version) for v in versions) == [1, 2]
         experiment = mlflow.get_experiment_by_name("flywheel").experiment_id
         assert len(mlflow.search_runs([experiment], "tags.`flywheel.stage` = 'retrain'")) == 1
+        (curve,) = mlflow.search_runs([experiment], "tags.`flywheel.history` = 'true'")  # the UI's per-turn curve
+        assert [m.step for m in mlflow.get_metric_history(curve.info.run_id, "heldout_candidate_rouge_l")] == [1]
     finally:
         assert _flywheel(params, "stop").returncode == 0
     assert not any(is_running(pid) for pid in services.pids.values())

