@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.project import REPO, link_model_cache
+from tests.project import REPO, link_shared
 
 
 def project_settings(work: Path, name: str, overrides: dict):
@@ -17,7 +17,7 @@ def project_settings(work: Path, name: str, overrides: dict):
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params = merge_params(params, overrides)
-    link_model_cache(work)
+    link_shared(work)
     path = work / f"params-{name}.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return load_settings(path)

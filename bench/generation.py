@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     gguf = packaged_gguf(settings.model.gguf_package, settings.model.gguf_file)
     path = convert_gguf(gguf, REPO / ".cache" / "models")
     ref = ModelRef(settings.model.registry_name, 1, sha256_file(path / WEIGHTS), path)
-    prompts = caption_prompts(settings, args.prompts)
+    prompts = sorted(caption_prompts(settings, args.prompts), key=lambda p: len(str(p)))  # as CachedLLM sends them
     sampling = Sampling(temperature=0.7, top_p=0.95, max_new_tokens=args.max_new_tokens)
     greedy = Sampling(temperature=0.0, max_new_tokens=args.max_new_tokens)
     seeds = list(range(len(prompts)))

