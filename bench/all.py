@@ -44,7 +44,7 @@ def headlines(results: dict) -> list[tuple[str, str, str]]:
         for row in results["generation"]["scoring"][1:]:
             rows.append((f"scoring {row['path']}: seq/s vs one at a time", f"{row['vs_single']:.1f}x", "reported"))
         for key, value in results["generation"].get("agreement", {}).items():
-            rows.append((f"vLLM vs transformers {key}", f"{value:.3f}", "reported"))
+            rows.append((f"vs float32 transformers: {key}", f"{value:.3f}", "reported"))
     if "turn" in results:
         turn = results["turn"]
         rows.append(("rerun of a finished turn vs cold", f"{turn['speedup']:.0f}x", ">= 50x"))

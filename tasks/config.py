@@ -87,6 +87,7 @@ class Model(Strict):
     batch_size: int = Field(8, ge=1, le=256)
     threads: int | None = Field(None, ge=1)
     backend: Literal["transformers", "vllm"] = "transformers"  # generation engine; training is always transformers
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"  # transformers inference precision (training: retrain.bf16)
     server: Server = Server()
 
 

@@ -61,10 +61,10 @@ class StageResult:
 
 
 @lru_cache(maxsize=2)
-def _transformers_backend(path: str, batch_size: int, threads: int | None):
+def _transformers_backend(path: str, batch_size: int, threads: int | None, dtype: str):
     from tasks.llm.transformers_backend import TransformersBackend
 
-    return TransformersBackend(path, batch_size=batch_size, threads=threads)
+    return TransformersBackend(path, batch_size=batch_size, threads=threads, dtype=dtype)
 
 
 def _backend(settings: Settings, ref: ModelRef):
@@ -72,7 +72,14 @@ def _backend(settings: Settings, ref: ModelRef):
         from tasks.llm.vllm_server import vllm_backend
 
         return vllm_backend(ref, settings)
-    return _transformers_backend(str(ref.path), settings.model.batch_size, settings.model.threads)
+    model = settings.model
+    return _transformers_backend(str(ref.path), model.batch_size, model.threads, model.dtype)
+
+
+def engine_name(settings: Settings) -> str:
+    """What answers model calls, as the LLM-call cache keys it: engines (and precisions) sample differently."""
+    model = settings.model
+    return model.backend if model.backend == "vllm" else f"{model.backend}-{model.dtype}"
 
 
 def cached_llm(settings: Settings, store: Store, model: ModelRef) -> CachedLLM:
@@ -82,7 +89,7 @@ def cached_llm(settings: Settings, store: Store, model: ModelRef) -> CachedLLM:
         LLMCallCache(store.con),
         model,
         progress=os.environ.get("FLYWHEEL_PROGRESS", "1") == "1",
-        engine=settings.model.backend,
+        engine=engine_name(settings),
     )
 
 

@@ -47,11 +47,13 @@ class SeededSampler(LogitsProcessor):
 
 
 class TransformersBackend:
-    def __init__(self, path, batch_size: int = 8, threads: int | None = None):
+    def __init__(self, path, batch_size: int = 8, threads: int | None = None, dtype: str = "float32"):
+        """`dtype` bfloat16 runs on the CPU's bf16 units (avx512_bf16): ~2.5x faster scoring and ~1.5x faster
+        generation here than float32, log-probs within ~0.03 nats (bench/generation.py measures both)."""
         torch.set_num_threads(threads or os.cpu_count() or 1)
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
 
@@ -106,11 +108,15 @@ class TransformersBackend:
             ]
             input_ids, attention_mask = self._left_pad([p + c for p, c in pairs])
             positions_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_ids).logits
-            logprobs = torch.log_softmax(logits.float(), -1)
-            width = input_ids.shape[1]
+            # Completions are right-aligned (left padding): only the last `kept` positions predict them, so only
+            # those go through the LM head (full-vocabulary logits for every prompt position cost more than the
+            # forward pass and made batching slower than one at a time).
+            kept = max(len(c) for _, c in pairs) + 1
+            logits = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_ids, logits_to_keep=kept
+            ).logits.float()
             for row, (_, completion) in enumerate(pairs):
-                positions = torch.arange(width - len(completion), width)
-                picked = logprobs[row, positions - 1].gather(-1, torch.tensor(completion)[:, None])[:, 0]
-                results.append(Scored(picked.tolist()))
+                predicting = logits[row, kept - len(completion) - 1 : kept - 1]
+                picked = predicting.gather(-1, torch.tensor(completion)[:, None])[:, 0]
+                results.append(Scored((picked - predicting.logsumexp(-1)).tolist()))
         return results
