@@ -31,7 +31,7 @@ def headlines(results: dict) -> list[tuple[str, str, str]]:
     if "generation" in results:
         gen = {r["path"].split(" (")[0]: r for r in results["generation"]["generation"]}
         for path, row in gen.items():
-            if path.startswith("naive"):
+            if path.startswith("naive") or path == "transformers batched":  # the baselines
                 continue
             rows.append(
                 (f"{path}: tok/s vs naive loop", f"{row['vs_naive']:.1f}x ({row['tok_s']:.0f} tok/s)", ">= 15x")
