@@ -137,7 +137,8 @@ class Registry:
         """A local folder with the version's files (the artifact itself when the artifact store is local)."""
         if version.source.startswith("file:"):
             return Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source))
-        target = self.cache_dir / "registry" / f"{self.name}-v{version.version}"
+        # keyed by the weights' fingerprint: another backend's version N (a cache shared between projects) differs
+        target = self.cache_dir / "registry" / f"{self.name}-v{version.version}-{version.tags['fingerprint'][:16]}"
         if not (target / WEIGHTS).exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
