@@ -9,22 +9,17 @@ file); `flywheel deploy` and `flywheel stop` read that file. Nothing here is nee
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import httpx
-
+from stores.processes import free_port, start_in_group, stop_group, wait_healthy
 from tasks.config import Settings
 from tasks.errors import FlywheelError
-from tasks.llm.vllm_server import free_port
 
 CPU_POOL, GPU_POOL = "cpu-pool", "gpu-pool"
 HOST = "127.0.0.1"
+PREFECT_SERVER_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true"}
 BIN = Path(sys.executable).parent
 
 
@@ -55,57 +50,27 @@ def load_services(settings: Settings) -> Services:
     return Services(**json.loads(path.read_text()))
 
 
-def _start(name: str, command: list[str], logs: Path, env: dict[str, str]) -> int:
-    with open(logs / f"{name}.log", "ab") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True
-        )
-    return process.pid
-
-
-def _wait_healthy(name: str, url: str, pid: int, log: Path, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not is_running(pid):
-            raise FlywheelError(f"{name} exited at start; see {log}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise FlywheelError(f"{name} not healthy at {url} in {timeout_s:.0f} s; see {log}")
-
-
-def start_services(settings: Settings, with_workers: bool = True) -> Services:
+def start_services(settings: Settings) -> Services:
     """Prefect server, MLflow server (sqlite backend and artifacts under `paths.mlflow`) and both workers."""
     logs = settings.root / ".flywheel" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     prefect_port, mlflow_port = free_port(HOST), free_port(HOST)
     services = Services(f"http://{HOST}:{prefect_port}/api", f"http://{HOST}:{mlflow_port}", logs=str(logs))
     try:
-        services.pids["prefect-server"] = _start(
-            "prefect-server",
-            [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(prefect_port)],
-            logs,
-            {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true"},
-        )
+        prefect = [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(prefect_port)]
+        services.pids["prefect-server"] = _start("prefect-server", prefect, logs, PREFECT_SERVER_ENV)
         mlflow_dir = settings.path("mlflow")
-        services.pids["mlflow-server"] = _start(
-            "mlflow-server",
-            [
-                str(BIN / "mlflow"), "server", "--host", HOST, "--port", str(mlflow_port), "--workers", "1",
-                "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
-                "--artifacts-destination", str(mlflow_dir / "artifacts"),
-            ],
-            logs,
-            {"MLFLOW_DISABLE_TELEMETRY": "true"},
-        )  # fmt: skip
-        _wait_healthy("Prefect server", f"{services.prefect_api_url}/health", services.pids["prefect-server"], logs)
-        _wait_healthy("MLflow server", f"{services.mlflow_url}/health", services.pids["mlflow-server"], logs)
-        if with_workers:
-            for pool in (CPU_POOL, GPU_POOL):
-                services.pids[pool] = start_worker(services, pool, settings)
+        mlflow = [
+            str(BIN / "mlflow"), "server", "--host", HOST, "--port", str(mlflow_port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+            "--artifacts-destination", str(mlflow_dir / "artifacts"),
+        ]  # fmt: skip
+        services.pids["mlflow-server"] = _start("mlflow-server", mlflow, logs, {"MLFLOW_DISABLE_TELEMETRY": "true"})
+        for name, url in (("prefect-server", services.prefect_api_url), ("mlflow-server", services.mlflow_url)):
+            wait_healthy(name, f"{url}/health", services.pids[name], logs / f"{name}.log", 120, FlywheelError)
+        for pool in (CPU_POOL, GPU_POOL):
+            command = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name", pool]
+            services.pids[pool] = _start(pool, command, logs, {**services.environment(), "FLYWHEEL_PROGRESS": "0"})
     except BaseException:
         stop_services(services)
         raise
@@ -114,37 +79,13 @@ def start_services(settings: Settings, with_workers: bool = True) -> Services:
     return services
 
 
-def start_worker(services: Services, pool: str, settings: Settings) -> int:
-    """A process worker for `pool`; it creates the pool (type process) if it does not exist yet."""
-    command = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name", pool]
-    env = {**services.environment(), "FLYWHEEL_PROGRESS": "0", "FLYWHEEL_WORK_POOL": pool}
-    return _start(pool, command, Path(services.logs), env)
-
-
-def is_running(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie (an exited process nobody has reaped yet)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+def _start(name: str, command: list[str], logs: Path, env: dict[str, str]) -> int:
+    return start_in_group(command, logs / f"{name}.log", env).pid
 
 
 def stop_services(services: Services) -> list[str]:
     """Workers first (they ignore a first SIGTERM while idle), then the servers; each whole process group."""
     order = sorted(services.pids, key=lambda name: name.endswith("server"))
-    stopped = []
     for name in order:
-        pid = services.pids[name]
-        for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline and is_running(pid):
-                time.sleep(0.1)
-            if not is_running(pid):
-                break
-        stopped.append(f"{name} (PID {pid})")
-    return stopped
+        stop_group(services.pids[name])
+    return [f"{name} (PID {services.pids[name]})" for name in order]

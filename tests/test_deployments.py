@@ -22,8 +22,9 @@ def _flywheel(params, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_a_triggered_deployment_runs_each_stage_on_its_pool(tmp_path):
-    from flows.services import is_running, load_services
+    from flows.services import load_services
     from mlflow import MlflowClient
+    from stores.processes import is_running
     from stores.store import Store
     from tasks.config import load_settings
     from tasks.runner import STAGES

@@ -11,24 +11,13 @@ from __future__ import annotations
 
 import atexit
 import os
-import signal
-import socket
-import subprocess
-import time
 from collections import OrderedDict
 
-import httpx
-
+from stores.processes import free_port, start_in_group, stop_group, wait_healthy
 from stores.registry import ModelRef
 from tasks.config import Settings
 from tasks.errors import ModelServerError
 from tasks.llm.openai_backend import OpenAIBackend, served_name
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 class VllmServer:
@@ -45,7 +34,6 @@ class VllmServer:
         self.log_path = cache / f"server-v{ref.version}-{self.port}.log"
         threads = settings.model.threads or os.cpu_count() or 1
         env = {
-            **os.environ,
             "VLLM_CACHE_ROOT": str(cache),
             "VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib),
             "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}",
@@ -62,36 +50,15 @@ class VllmServer:
             "--no-enable-chunked-prefill", "--no-async-scheduling",
             "--max-num-batched-tokens", str(max(cfg.max_model_len, 8192)),
         ]  # fmt: skip
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self._wait_healthy()
-
-    def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self.cfg.start_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-15:])
-                raise ModelServerError(f"vLLM server for {self.ref.label} exited at start ({self.log_path}):\n{tail}")
-            try:
-                if httpx.get(self.url.removesuffix("/v1") + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
-        self.stop()
-        raise ModelServerError(f"vLLM server for {self.ref.label} not healthy in {self.cfg.start_timeout_s:.0f} s")
+        self.process = start_in_group(command, self.log_path, env)
+        health = self.url.removesuffix("/v1") + "/health"
+        wait_healthy(f"vLLM server for {ref.label}", health, self.process.pid, self.log_path,
+                     cfg.start_timeout_s, ModelServerError)  # fmt: skip
 
     def stop(self) -> None:
-        """Stop the whole process group (the API server and its engine process)."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        """Stop the whole process group (the API server and its engine process) and reap it."""
+        stop_group(self.process.pid)
+        self.process.wait()
 
 
 _running: OrderedDict[str, VllmServer] = OrderedDict()
