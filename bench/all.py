@@ -19,7 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 BENCHES = {
     "generation": ["bench/generation.py"],
-    "turn": ["bench/turn.py", "--train-items", "16", "--heldout-items", "8"],
+    "turn-transformers": ["bench/turn.py", "--train-items", "8", "--heldout-items", "4", "--backend", "transformers"],
+    "turn-vllm": ["bench/turn.py", "--train-items", "8", "--heldout-items", "4", "--backend", "vllm"],
+    "dpo": ["bench/dpo.py"],
     "scale": ["bench/scale.py"],
     "retrieval_speed": ["bench/retrieval_speed.py"],
 }
@@ -45,11 +47,26 @@ def headlines(results: dict) -> list[tuple[str, str, str]]:
             rows.append((f"scoring {row['path']}: seq/s vs one at a time", f"{row['vs_single']:.1f}x", "reported"))
         for key, value in results["generation"].get("agreement", {}).items():
             rows.append((f"vs float32 transformers: {key}", f"{value:.3f}", "reported"))
-    if "turn" in results:
-        turn = results["turn"]
-        rows.append(("rerun of a finished turn vs cold", f"{turn['speedup']:.0f}x", ">= 50x"))
-        rows.append(("model calls on rerun", str(turn["rerun_llm_calls"]), "0"))
-        rows.append((f"peak RSS, turn of {turn['train_items']} items", f"{turn['peak_rss_gib']:.2f} GiB", "<= 8 GiB"))
+    turns = {name.removeprefix("turn-"): results[name] for name in results if name.startswith("turn-")}
+    for engine, turn in turns.items():
+        rows.append((f"rerun of a finished turn vs cold ({engine})", f"{turn['speedup']:.0f}x", ">= 50x"))
+        rows.append((f"model calls on rerun ({engine})", str(turn["rerun_llm_calls"]), "0"))
+        rows.append((f"peak RSS, turn of {turn['train_items']} items ({engine}, with its server)",
+                     f"{turn['peak_rss_gib']:.2f} GiB", "<= 8 GiB"))  # fmt: skip
+    if {"transformers", "vllm"} <= turns.keys():
+        fast, slow = turns["vllm"], turns["transformers"]
+        model_stages = [r["stage"] for r in slow["stages"] if r["cold_llm_calls"]]
+        seconds = {e: sum(r["cold_s"] for r in t["stages"] if r["stage"] in model_stages) for e, t in turns.items()}
+        rows.append((f"cold turn, vLLM (incl. {fast['engine_start_s']:.0f} s start-up, {fast['weight_reloads']} "
+                     "weight reloads) vs transformers bf16", f"{slow['cold_s'] / fast['cold_s']:.2f}x "
+                     f"({fast['cold_s']:.0f} s vs {slow['cold_s']:.0f} s)", "reported"))  # fmt: skip
+        rows.append((f"stages that call the model ({', '.join(model_stages)}), vLLM vs transformers bf16",
+                     f"{seconds['transformers'] / seconds['vllm']:.2f}x", "reported"))  # fmt: skip
+    if "dpo" in results:
+        for row in results["dpo"]["rows"]:
+            if row["precomputed"]:
+                rows.append((f"DPO round, {row['epochs']} visit(s) per pair: reference log-probs precomputed vs "
+                             "on the fly", f"{row['vs_on_the_fly']:.2f}x", "reported"))  # fmt: skip
     if "scale" in results:
         largest = results["scale"]["rows"][-1]
         for part in ("ingest", "lineage_query", "fusion"):

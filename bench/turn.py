@@ -1,9 +1,9 @@
 """Turn cost: one cold turn, then the same turn rerun with everything cached, stage by stage, on a small slice.
 
-Run: .venv/bin/python bench/turn.py [--train-items 8] [--heldout-items 4]
-Prints a table and writes bench/results/turn.json. The rerun must make 0 model calls; its speed-up is reported
-against the cold turn measured in the same run (model conversion is done beforehand, outside the timings). The peak
-RSS of this process (the whole turn ran in it) is reported too.
+Run: .venv/bin/python bench/turn.py [--train-items 8] [--heldout-items 4] [--backend transformers|vllm]
+Prints a table and writes bench/results/turn-<backend>.json. The rerun must make 0 model calls; its speed-up is
+reported against the cold turn measured in the same run (model conversion is done beforehand, outside the timings).
+Memory is the peak of this process plus everything it started (the vLLM server), sampled every 0.2 s.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,10 +28,46 @@ import stores  # noqa: E402,F401
 from tests.project import link_shared  # noqa: E402
 
 
+class PeakMemory:
+    """The highest RSS of this process and all its descendants together, sampled in the background; `take()` gives
+    the peak since the last `take()` (one stage's)."""
+
+    def __init__(self, every_s: float = 0.2):
+        self.peak, self.since_take, self.every_s, self._stop = 0, 0, every_s, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = me.memory_info().rss
+            for child in me.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:  # it ended between listing and reading
+                    pass
+            self.peak, self.since_take = max(self.peak, total), max(self.since_take, total)
+            self._stop.wait(self.every_s)
+
+    def take(self) -> float:
+        """GiB: the peak since the last call."""
+        peak, self.since_take = self.since_take, 0
+        return peak / 2**30
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def main() -> None:
+    default_backend = yaml.safe_load((REPO / "params.yaml").read_text())["model"]["backend"]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-items", type=int, default=8)
     parser.add_argument("--heldout-items", type=int, default=4)
+    parser.add_argument("--backend", choices=["transformers", "vllm"], default=default_backend)
     args = parser.parse_args()
 
     from rich.console import Console
@@ -49,17 +86,26 @@ def main() -> None:
         "rewrite": {"queries_per_turn": max(1, n // 2)},
         "retrain": {"sft": {"max_steps": 2, "human_items_per_turn": max(1, n // 2)}, "dpo": {"max_steps": 1}},
         "evaluate": {"items": args.heldout_items},
+        "model": {"backend": args.backend},
     }
     link_shared(folder)
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     settings = load_settings(folder / "params.yaml")
 
-    rows = []
-    for name in STAGES:
-        started = time.perf_counter()
-        cold = run_stage(name, settings, 1)
-        cold_s = time.perf_counter() - started
-        rows.append({"stage": name, "cold_s": cold_s, "cold_llm_calls": cold.llm_calls})
+    rows, engine = [], {}
+    with PeakMemory() as memory:
+        for name in STAGES:
+            memory.take()
+            started = time.perf_counter()
+            cold = run_stage(name, settings, 1)
+            cold_s = time.perf_counter() - started
+            rows.append({"stage": name, "cold_s": cold_s, "cold_llm_calls": cold.llm_calls, "peak_gib": memory.take()})
+        if args.backend == "vllm":
+            from tasks.llm import vllm_server
+
+            server = vllm_server._managed
+            engine = {"engine_start_s": server.start_s, "weight_reloads": server.reloads}
+            vllm_server.stop_all()
     for row in rows:
         started = time.perf_counter()
         again = run_stage(row["stage"], settings, 1)
@@ -70,14 +116,15 @@ def main() -> None:
         }
 
     cold_total, rerun_total = sum(r["cold_s"] for r in rows), sum(r["rerun_s"] for r in rows)
-    table = Table(title=f"Turn cost ({n} train items, {args.heldout_items} held-out), {folder}")
-    for column in ("stage", "cold s", "LLM calls", "rerun s", "LLM calls on rerun", "speed-up"):
+    table = Table(title=f"Turn cost ({n} train items, {args.heldout_items} held-out, {args.backend}), {folder}")
+    for column in ("stage", "cold s", "LLM calls", "peak GiB", "rerun s", "LLM calls on rerun", "speed-up"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for r in rows:
         table.add_row(
             r["stage"],
             f"{r['cold_s']:.2f}",
             str(r["cold_llm_calls"]),
+            f"{r['peak_gib']:.2f}",
             f"{r['rerun_s']:.2f}",
             str(r["rerun_llm_calls"]),
             f"{r['cold_s'] / r['rerun_s']:.0f}x",
@@ -86,18 +133,22 @@ def main() -> None:
         "turn",
         f"{cold_total:.1f}",
         str(sum(r["cold_llm_calls"] for r in rows)),
+        f"{memory.peak / 2**30:.2f}",
         f"{rerun_total:.2f}",
         str(sum(r["rerun_llm_calls"] for r in rows)),
         f"{cold_total / rerun_total:.0f}x",
     )
-    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+    peak_gib = memory.peak / 2**30
     Console(width=120).print(table)
-    print(f"peak RSS of the turn: {peak_gib:.2f} GiB")
-    out = REPO / "bench" / "results" / "turn.json"
+    print(f"peak RSS of the turn (with the processes it started): {peak_gib:.2f} GiB")
+    if engine:
+        print(f"vLLM server start-up {engine['engine_start_s']:.1f} s, {engine['weight_reloads']} weight reloads")
+    out = REPO / "bench" / "results" / f"turn-{args.backend}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
             {
+                "backend": args.backend,
                 "train_items": n,
                 "heldout_items": args.heldout_items,
                 "stages": rows,
@@ -106,6 +157,7 @@ def main() -> None:
                 "speedup": cold_total / rerun_total,
                 "rerun_llm_calls": sum(r["rerun_llm_calls"] for r in rows),
                 "peak_rss_gib": peak_gib,
+                **engine,
             },
             indent=2,
         )

@@ -56,7 +56,7 @@ STAGE_TASKS = {name: _stage_task(name) for name in STAGES}
 Dispatch = Literal["local", "deployments"]
 
 
-@flow(name="flywheel-stage", log_prints=True)
+@flow(name="flywheel-stage")
 def flywheel_stage(name: str, turn: int = 1, params: str = "params.yaml") -> dict:
     """One stage as a flow run of its own: what the `flywheel-stage/gpu` and `/cpu` deployments run on their pools."""
     return STAGE_TASKS[name](params, turn)
@@ -76,7 +76,7 @@ def _run_on_pool(name: str, turn: int, params: str) -> dict:
     return child.state.result()
 
 
-@flow(name="flywheel_turn", log_prints=True)
+@flow(name="flywheel_turn")
 def flywheel_turn(turn: int = 1, params: str = "params.yaml", dispatch: Dispatch = "local") -> list[dict]:
     """One turn, stage after stage, holding the store's run lock (a second run on the same store fails clearly).
     `local` runs each stage as a task in this process; `deployments` runs it on its work pool's worker."""
@@ -86,7 +86,7 @@ def flywheel_turn(turn: int = 1, params: str = "params.yaml", dispatch: Dispatch
         return [STAGE_TASKS[name](params, turn) for name in STAGES]
 
 
-@flow(name="flywheel", log_prints=True)
+@flow(name="flywheel")
 def flywheel(
     turns: int = 1, first_turn: int | None = None, params: str = "params.yaml", dispatch: Dispatch = "local"
 ) -> list[list[dict]]:

@@ -71,7 +71,7 @@ class Server(Strict):
     host: str = "127.0.0.1"  # where a managed server binds
     venv: ProjectPath = ".venv-vllm"  # the environment with vllm (`make vllm`)
     max_model_len: int = Field(1024, ge=128)
-    kv_cache_gib: int = Field(2, ge=1)  # VLLM_CPU_KVCACHE_SPACE on CPU
+    kv_cache_gib: int = Field(1, ge=1)  # VLLM_CPU_KVCACHE_SPACE: 1 GiB holds 46k tokens (45 full requests)
     start_timeout_s: float = Field(600.0, gt=0)
     timeout_s: float = Field(120.0, gt=0)  # per request
     retries: int = Field(4, ge=0, le=20)

@@ -52,6 +52,7 @@ def test_noise_control_bench_smoke(tmp_path):
         ("scale", ["--sizes", "300", "1200"]),
         ("generation", ["--prompts", "4", "--max-new-tokens", "8", "--no-vllm"]),
         ("retrieval_speed", ["--rewrite-queries", "4"]),
+        ("dpo", ["--pairs", "2", "--epochs", "2"]),
     ],
 )
 def test_performance_benches_run_and_report_their_ratios(tmp_path, bench, args):

@@ -19,6 +19,7 @@ import atexit
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -72,10 +73,12 @@ class VllmServer:
             "--max-num-batched-tokens", str(max(cfg.max_model_len, 8192)),
             *([] if cfg.compile else ["--enforce-eager"]),
         ]  # fmt: skip
+        started = time.perf_counter()
         self.process = start_in_group(command, self.log_path, env)
         health = self.url.removesuffix("/v1") + "/health"
         wait_healthy(f"vLLM server for {ref.label}", health, self.process.pid, self.log_path,
                      cfg.start_timeout_s, ModelServerError)  # fmt: skip
+        self.start_s = time.perf_counter() - started
         self.holding, self.architecture, self.reloads = ref, architecture(ref), 0
         self._lock = threading.Lock()
 

@@ -11,6 +11,10 @@ extrapolation. TRL's DPOTrainer does the batching; this module owns what differs
   neither can run away without bound, the failure mode of plain DPO on easy pairs.
 - **Weak-to-strong extrapolation** (ExPO, arXiv 2404.16792): after each round `θ ← θ + α (θ − θ_ref)`, moving
   further along the direction the round moved, with the round's reference as the weaker model.
+- **Reference log-probs computed once**: when a round visits its pairs more than once (steps × batch × accumulation
+  > pairs), the frozen reference scores each pair once before training (TRL's `precompute_ref_log_probs`) instead of
+  once per visit; a round that sees each pair at most once computes them as it goes (precomputing would score pairs
+  it never trains on). `bench/dpo.py` measures both.
 """
 
 from __future__ import annotations
@@ -61,8 +65,11 @@ class DualClipDPOTrainer(DPOTrainer):
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
         logps, outputs = self._sequence_logps(model, inputs)
-        with torch.no_grad():
-            ref_logps, _ = self._sequence_logps(self.ref_model, inputs)
+        if self.precompute_ref_logps:
+            ref_logps = torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]]).to(logps.device)
+        else:
+            with torch.no_grad():
+                ref_logps, _ = self._sequence_logps(self.ref_model, inputs)
         chosen, rejected = (self.beta * (logps - ref_logps)).chunk(2, dim=0)  # the batch is [chosen, rejected]
         loss = dual_clip_loss(chosen, rejected, self.clip_chosen, self.clip_rejected).mean()
         chosen, rejected = chosen.detach(), rejected.detach()
@@ -78,6 +85,11 @@ class DualClipDPOTrainer(DPOTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
+def revisits_pairs(steps: int, cfg, pairs: int) -> bool:
+    """Whether a round of `steps` optimiser steps reads its `pairs` more than once."""
+    return steps * cfg.batch_size * cfg.gradient_accumulation > pairs
+
+
 def round_steps(max_steps: int, rounds: int) -> list[int]:
     """`max_steps` spread over the rounds as evenly as possible (earlier rounds get the remainder)."""
     return [max_steps // rounds + (1 if r < max_steps % rounds else 0) for r in range(rounds)]
@@ -88,11 +100,12 @@ def train_dpo(
     tokenizer,
     pairs: pd.DataFrame,
     cfg,
-    make_args: Callable[[int, int], object],
+    make_args: Callable[..., object],
     refresh: Callable[[int, object, pd.DataFrame], pd.DataFrame] | None = None,
 ):
-    """DPO rounds on `pairs` (prompt, chosen, rejected, ...). `cfg` is the Dpo section; `make_args(round, steps)`
-    builds the TRL config. Returns (model, {loss name: [...]}, the pairs each round trained on with `round`)."""
+    """DPO rounds on `pairs` (prompt, chosen, rejected, ...). `cfg` is the Dpo section; `make_args(round, steps,
+    **extra TRL options)` builds the TRL config. Returns (model, {loss name: [...]}, the pairs each round trained on
+    with `round`)."""
     from datasets import Dataset
 
     losses: dict[str, list[float]] = {}
@@ -115,7 +128,9 @@ def train_dpo(
             ]
         )
         reference = copy.deepcopy(model).eval()
-        kwargs = dict(model=model, ref_model=reference, args=make_args(number, steps[number]), train_dataset=data)
+        precompute = revisits_pairs(steps[number], cfg, len(chunk))
+        args = make_args(number, steps[number], precompute_ref_log_probs=precompute, precompute_ref_batch_size=8)
+        kwargs = dict(model=model, ref_model=reference, args=args, train_dataset=data)
         if cfg.loss == "dual_clip":
             trainer = DualClipDPOTrainer(
                 **kwargs, processing_class=tokenizer, clip_chosen=cfg.clip_chosen, clip_rejected=cfg.clip_rejected

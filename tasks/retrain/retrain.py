@@ -138,8 +138,8 @@ def train(
     if len(pairs) and cfg.dpo.max_steps:
         dpo = cfg.dpo
 
-        def make_args(number: int, steps: int):
-            return _trainer_args(DPOConfig, out / f"dpo-{number}", steps, dpo, cfg, seed, beta=dpo.beta)
+        def make_args(number: int, steps: int, **extra):
+            return _trainer_args(DPOConfig, out / f"dpo-{number}", steps, dpo, cfg, seed, beta=dpo.beta, **extra)
 
         round_refresh = (lambda number, policy, chunk: refresh(number, policy, tokenizer, chunk)) if refresh else None
         model, dpo_losses, trained_pairs = train_dpo(model, tokenizer, pairs, dpo, make_args, round_refresh)

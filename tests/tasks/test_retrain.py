@@ -173,8 +173,8 @@ def test_dpo_rounds_reset_the_reference_refresh_later_rounds_and_extrapolate(bas
             refreshed.append(number)
             return chunk.assign(chosen="Graph Neural Networks")
 
-        def make_args(number, steps):
-            return cpu_args(DPOConfig, tmp_path / f"r{number}", steps=steps, batch=1)
+        def make_args(number, steps, **extra):
+            return cpu_args(DPOConfig, tmp_path / f"r{number}", steps=steps, batch=1, **extra)
 
         cfg = Dpo(max_steps=2, rounds=2, loss="dual_clip", extrapolation_alpha=0.3)
         _, losses, trained = dpo_module.train_dpo(model, tokenizer, pairs, cfg, make_args, refresh)
@@ -183,3 +183,40 @@ def test_dpo_rounds_reset_the_reference_refresh_later_rounds_and_extrapolate(bas
     assert refreshed == [1] and extrapolated == [0.3, 0.3]
     assert list(trained["round"]) == [0, 1] and list(trained["chosen"]) == ["Graph Networks", "Graph Neural Networks"]
     assert len(losses["dpo_loss"]) == 2
+
+
+def test_a_round_that_revisits_its_pairs_scores_the_reference_once(base_model_path, tmp_path, monkeypatch):
+    import pandas as pd
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig
+
+    from tasks.config import Dpo
+    from tasks.retrain import dpo as dpo_module
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_path)
+    prompt = [{"role": "user", "content": "Title for a note about graphs?"}]
+    chosen, rejected = ["Graph Networks", "Graphs"], ["x", "y"]
+    pairs = pd.DataFrame({"item_id": ["a", "b"], "prompt": [prompt, prompt], "chosen": chosen, "rejected": rejected})
+    cfg = Dpo(max_steps=4, rounds=1, batch_size=1, gradient_accumulation=1, loss="dual_clip")
+    assert dpo_module.revisits_pairs(4, cfg, len(pairs)) and not dpo_module.revisits_pairs(2, cfg, len(pairs))
+    forward = dpo_module.DualClipDPOTrainer._sequence_logps
+
+    def train(precompute: bool, folder: str) -> tuple[list[float], int]:
+        reference_forwards = []
+
+        def counted(self, model, inputs):
+            if model is self.ref_model:
+                reference_forwards.append(len(inputs["input_ids"]))
+            return forward(self, model, inputs)
+
+        monkeypatch.setattr(dpo_module, "revisits_pairs", lambda *_: precompute)
+        monkeypatch.setattr(dpo_module.DualClipDPOTrainer, "_sequence_logps", counted)
+        model = AutoModelForCausalLM.from_pretrained(base_model_path)
+        make_args = lambda number, steps, **extra: cpu_args(DPOConfig, tmp_path / folder, steps=steps, batch=1, **extra)  # noqa: E731
+        _, losses, _ = dpo_module.train_dpo(model, tokenizer, pairs, cfg, make_args)
+        return losses["dpo_loss"], len(reference_forwards)
+
+    on_the_fly, forwards = train(False, "fly")
+    precomputed, forwards_after_precompute = train(True, "pre")
+    assert forwards == 4 and forwards_after_precompute == 0  # 4 steps, each pair twice: the reference ran 4 times
+    assert precomputed == pytest.approx(on_the_fly, abs=1e-3)
