@@ -1,7 +1,7 @@
 """DPO reference log-probs: computed once per pair set before a round (precomputed) vs once per visit (on the fly),
 for a round that reads its pairs once and one that reads them several times, on the packaged model.
 
-Run: .venv/bin/python bench/dpo.py [--pairs 8] [--epochs 1 4]
+Run: .venv/bin/python bench/dpo.py [--pairs 4] [--epochs 1 4]
 Prints a table, writes bench/results/dpo.json and logs to the MLflow experiment flywheel-bench. Every ratio is
 against on-the-fly scoring in the same run, with the same pairs, steps and seed; the final losses of both are
 reported to show they train the same thing. The retrain stage precomputes exactly when a round revisits its pairs
@@ -48,7 +48,7 @@ def caption_pairs(count: int):
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench" / "dpo")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "dpo.json")

@@ -1,6 +1,7 @@
 """Turn cost: one cold turn, then the same turn rerun with everything cached, stage by stage, on a small slice.
 
 Run: .venv/bin/python bench/turn.py [--train-items 8] [--heldout-items 4] [--backend transformers|vllm]
+                                    [--context-docs N]
 Prints a table and writes bench/results/turn-<backend>.json. The rerun must make 0 model calls; its speed-up is
 reported against the cold turn measured in the same run (model conversion is done beforehand, outside the timings).
 Memory is the peak of this process plus everything it started (the vLLM server), sampled every 0.2 s.
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--train-items", type=int, default=8)
     parser.add_argument("--heldout-items", type=int, default=4)
     parser.add_argument("--backend", choices=["transformers", "vllm"], default=default_backend)
+    parser.add_argument("--context-docs", type=int, default=None, help="0: no retrieved context (default: params)")
     args = parser.parse_args()
 
     from rich.console import Console
@@ -88,6 +90,8 @@ def main() -> None:
         "evaluate": {"items": args.heldout_items},
         "model": {"backend": args.backend},
     }
+    if args.context_docs is not None:  # the context stage embeds the corpus (~65 s here) whichever engine runs
+        params["context"] = {"docs": args.context_docs}
     link_shared(folder)
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     settings = load_settings(folder / "params.yaml")
@@ -149,6 +153,7 @@ def main() -> None:
         json.dumps(
             {
                 "backend": args.backend,
+                "context_docs": settings.context.docs,
                 "train_items": n,
                 "heldout_items": args.heldout_items,
                 "stages": rows,
