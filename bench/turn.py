@@ -120,6 +120,7 @@ def main() -> None:
         }
 
     cold_total, rerun_total = sum(r["cold_s"] for r in rows), sum(r["rerun_s"] for r in rows)
+    peak_gib = memory.peak / 2**30
     table = Table(title=f"Turn cost ({n} train items, {args.heldout_items} held-out, {args.backend}), {folder}")
     for column in ("stage", "cold s", "LLM calls", "peak GiB", "rerun s", "LLM calls on rerun", "speed-up"):
         table.add_column(column, justify="left" if column == "stage" else "right")
@@ -137,12 +138,11 @@ def main() -> None:
         "turn",
         f"{cold_total:.1f}",
         str(sum(r["cold_llm_calls"] for r in rows)),
-        f"{memory.peak / 2**30:.2f}",
+        f"{peak_gib:.2f}",
         f"{rerun_total:.2f}",
         str(sum(r["rerun_llm_calls"] for r in rows)),
         f"{cold_total / rerun_total:.0f}x",
     )
-    peak_gib = memory.peak / 2**30
     Console(width=120).print(table)
     print(f"peak RSS of the turn (with the processes it started): {peak_gib:.2f} GiB")
     if engine:
