@@ -15,7 +15,7 @@ export GX_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup run test test-slow bench repro ui clean vllm
+.PHONY: setup run test test-slow bench experiment repro ui clean vllm
 
 setup: $(STAMP)
 
@@ -48,6 +48,9 @@ test: setup vllm
 
 test-slow: setup vllm
 	$(BIN)/pytest -m slow -s
+
+experiment: setup
+	$(BIN)/flywheel experiment experiments/ablation.yaml
 
 bench: setup vllm
 	$(BIN)/python bench/all.py

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     base = _params(
         args, "turn1", {"human_prompts_per_turn": 0, "prompts_per_turn": 2}, {"max_steps": 0}, args.sft_steps
     )
-    for stage in ("ingest", "annotate", "denoise", "preference", "retrain"):
+    for stage in ("ingest", "context", "annotate", "denoise", "preference", "retrain"):
         run_stage(stage, base, 1)
     policy = _make_champion(base, run_stage("retrain", base, 1).summary["candidate_version"])
     rows, stats = [], []

@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--heldout-items", type=int, default=4)
     parser.add_argument("--backend", choices=["transformers", "vllm"], default=default_backend)
     parser.add_argument("--context-docs", type=int, default=None, help="0: no retrieved context (default: params)")
+    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/turn-<backend>.json")
     args = parser.parse_args()
 
     from rich.console import Console
@@ -147,7 +148,7 @@ def main() -> None:
     print(f"peak RSS of the turn (with the processes it started): {peak_gib:.2f} GiB")
     if engine:
         print(f"vLLM server start-up {engine['engine_start_s']:.1f} s, {engine['weight_reloads']} weight reloads")
-    out = REPO / "bench" / "results" / f"turn-{args.backend}.json"
+    out = args.out or REPO / "bench" / "results" / f"turn-{args.backend}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(

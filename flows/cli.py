@@ -1,6 +1,7 @@
 """The `flywheel` command.
 
-flywheel run [--turns N] [--first-turn K]   N turns through the Prefect flow, then the summary
+flywheel run [--turns N] [--first-turn K]   N turns through the Prefect flow (from the next unfinished one), summary
+flywheel experiment FILE                    arms x turns from an experiment file, then the comparison report
 flywheel stage NAME [--turn K]              one stage (what each dvc.yaml cmd runs)
 flywheel summary [--turn K]                 the summary of a finished turn, from the store
 flywheel setup                              register the packaged model as champion (done on first use anyway)
@@ -31,7 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run N flywheel turns through Prefect")
     run.add_argument("--turns", type=int, default=1)
-    run.add_argument("--first-turn", type=int, default=1)
+    run.add_argument("--first-turn", type=int, default=None, help="default: the next unfinished turn")
+    experiment = commands.add_parser("experiment", help="run an experiment file's arms side by side over turns")
+    experiment.add_argument("file", type=Path, help="experiment YAML (e.g. experiments/ablation.yaml)")
+    experiment.add_argument("--report-only", action="store_true", help="report the finished turns; run nothing")
+    experiment.add_argument("--arms", nargs="+", default=None, help="run only these arms (the report shows all)")
     stage = commands.add_parser("stage", help="run one stage of one turn (idempotent)")
     stage.add_argument("name")
     stage.add_argument("--turn", type=int, default=None, help="default: `turn` in the params file")
@@ -87,7 +92,14 @@ def _dispatch(args: argparse.Namespace) -> None:
         turns = flywheel(turns=args.turns, first_turn=args.first_turn, params=str(Path(args.params).resolve()))
         for results in turns:
             print_turn(results, ui)
-        print(f"{args.turns} turn(s) in {time.perf_counter() - started:.0f} s")
+        done = ", ".join(str(results[-1]["turn"]) for results in turns)
+        print(f"turn(s) {done} in {time.perf_counter() - started:.0f} s")
+    elif args.command == "experiment":
+        from flows.experiment import run_experiment
+
+        report = run_experiment(Path(args.params), args.file, run=not args.report_only, only=args.arms)
+        print(report.markdown_path.read_text())
+        print(f"report: {report.markdown_path}\ncurves: {report.plot_path}\nMLflow UI: {ui}")
     elif args.command == "stage":
         from tasks.runner import run_stage
 

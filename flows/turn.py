@@ -21,10 +21,9 @@ from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from stores.lock import run_lock
-from stores.store import Store
 from tasks.config import load_settings
 from tasks.errors import FlywheelError, ModelServerError
-from tasks.runner import STAGES, run_stage
+from tasks.runner import STAGES, next_turn, run_stage
 
 MODEL_SERVER_RETRIES = 2  # a stage whose model server failed (after its own request retries) is retried this often
 
@@ -45,9 +44,9 @@ def _stage_task(name: str):
         retry_delay_seconds=exponential_backoff(backoff_factor=30),
         retry_condition_fn=_model_server_failed,
     )
-    def stage(params: str, turn: int) -> dict:
+    def stage(params: str, turn: int, overrides: dict | None = None) -> dict:
         tags = {"prefect.flow_run_id": str(flow_run.get_id() or "")}
-        return asdict(run_stage(name, load_settings(params), turn, tags))
+        return asdict(run_stage(name, load_settings(params, overrides), turn, tags))
 
     return stage
 
@@ -57,17 +56,17 @@ Dispatch = Literal["local", "deployments"]
 
 
 @flow(name="flywheel-stage")
-def flywheel_stage(name: str, turn: int = 1, params: str = "params.yaml") -> dict:
+def flywheel_stage(name: str, turn: int = 1, params: str = "params.yaml", overrides: dict | None = None) -> dict:
     """One stage as a flow run of its own: what the `flywheel-stage/gpu` and `/cpu` deployments run on their pools."""
-    return STAGE_TASKS[name](params, turn)
+    return STAGE_TASKS[name](params, turn, overrides)
 
 
-def _run_on_pool(name: str, turn: int, params: str) -> dict:
+def _run_on_pool(name: str, turn: int, params: str, overrides: dict | None) -> dict:
     """The stage as a run of the deployment for its pool; the key makes a retried turn find, not repeat, it."""
     pool = "gpu" if STAGES[name].uses_model else "cpu"
     child = run_deployment(
         f"flywheel-stage/{pool}",
-        parameters={"name": name, "turn": turn, "params": params},
+        parameters={"name": name, "turn": turn, "params": params, "overrides": overrides},
         idempotency_key=f"{flow_run.get_id()}:{name}:{turn}",
         poll_interval=2,
     )
@@ -77,26 +76,33 @@ def _run_on_pool(name: str, turn: int, params: str) -> dict:
 
 
 @flow(name="flywheel_turn")
-def flywheel_turn(turn: int = 1, params: str = "params.yaml", dispatch: Dispatch = "local") -> list[dict]:
+def flywheel_turn(
+    turn: int = 1, params: str = "params.yaml", dispatch: Dispatch = "local", overrides: dict | None = None
+) -> list[dict]:
     """One turn, stage after stage, holding the store's run lock (a second run on the same store fails clearly).
-    `local` runs each stage as a task in this process; `deployments` runs it on its work pool's worker."""
-    with run_lock(load_settings(params).path("store")):
+    `local` runs each stage as a task in this process; `deployments` runs it on its work pool's worker.
+    `overrides` are merged onto the params file (an experiment arm is one)."""
+    with run_lock(load_settings(params, overrides).path("store")):
         if dispatch == "deployments":
-            return [_run_on_pool(name, turn, params) for name in STAGES]
-        return [STAGE_TASKS[name](params, turn) for name in STAGES]
+            return [_run_on_pool(name, turn, params, overrides) for name in STAGES]
+        return [STAGE_TASKS[name](params, turn, overrides) for name in STAGES]
 
 
 @flow(name="flywheel")
 def flywheel(
-    turns: int = 1, first_turn: int | None = None, params: str = "params.yaml", dispatch: Dispatch = "local"
+    turns: int = 1,
+    first_turn: int | None = None,
+    params: str = "params.yaml",
+    dispatch: Dispatch = "local",
+    overrides: dict | None = None,
 ) -> list[list[dict]]:
-    """N turns from `first_turn`, or (None, what a schedule sends) from the store's next turn: an unfinished turn is
-    resumed, a finished one is not redone."""
+    """N turns from `first_turn`, or (None: the CLI's and a schedule's default) from the lineage's next turn: an
+    unfinished turn is resumed, a finished one is not redone."""
     if first_turn is None:
-        with Store.open(load_settings(params).path("store")) as store:
-            first_turn = store.next_turn()
+        first_turn = next_turn(load_settings(params, overrides))
     return [
-        flywheel_turn(turn=turn, params=params, dispatch=dispatch) for turn in range(first_turn, first_turn + turns)
+        flywheel_turn(turn=turn, params=params, dispatch=dispatch, overrides=overrides)
+        for turn in range(first_turn, first_turn + turns)
     ]
 
 

@@ -17,6 +17,9 @@ OFFLINE_ENV = {
     "HF_DATASETS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    # Prefect's ephemeral API server builds a fresh database on first use; on a busy 2-core machine that has taken
+    # longer than Prefect's default 20 s wait ("Timed out while attempting to connect to ephemeral Prefect API").
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 

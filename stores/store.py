@@ -30,8 +30,13 @@ _SYSTEM_DDL = (
         batch_id VARCHAR NOT NULL, stage VARCHAR NOT NULL, table_name VARCHAR NOT NULL, row_key VARCHAR NOT NULL,
         reason VARCHAR NOT NULL, row_json VARCHAR NOT NULL, run_id VARCHAR, created_at TIMESTAMP NOT NULL,
         PRIMARY KEY (batch_id, table_name, row_key, reason))""",
-    """CREATE TABLE IF NOT EXISTS turns (
-        turn INTEGER PRIMARY KEY, start_model_version INTEGER NOT NULL, created_at TIMESTAMP NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS turn_starts (
+        lineage VARCHAR NOT NULL, turn INTEGER NOT NULL, start_model_version INTEGER NOT NULL,
+        created_at TIMESTAMP NOT NULL, PRIMARY KEY (lineage, turn))""",
+)
+# Stores made before turns were keyed by model lineage kept them in `turns`, all under the default registry name.
+_LEGACY_TURNS = (
+    "INSERT OR IGNORE INTO turn_starts SELECT 'flywheel-policy', turn, start_model_version, created_at FROM turns"
 )
 
 
@@ -84,6 +89,8 @@ class Store:
             raise StoreError(f"cannot open the store at {self.path}: {hint}") from error
         for ddl in _SYSTEM_DDL:
             self.con.execute(ddl)
+        if self.has_table("turns"):
+            self.con.execute(_LEGACY_TURNS)
 
     @classmethod
     @contextmanager
@@ -108,7 +115,13 @@ class Store:
         self.con.execute("COMMIT")
 
     def ensure(self, spec: TableSpec) -> None:
+        """Create the table, or add the columns a newer declaration has to a table an older version made."""
         self.con.execute(spec.ddl())
+        query = "SELECT column_name FROM information_schema.columns WHERE table_name = ?"
+        present = {row[0] for row in self.con.execute(query, [spec.name]).fetchall()}
+        for column in spec.all_columns:
+            if column.name not in present:
+                self.con.execute(f"ALTER TABLE {spec.name} ADD COLUMN {column.name} {column.sql_type}")
 
     def insert(self, spec: TableSpec, frame: pd.DataFrame, lineage: Lineage) -> int:
         """Insert rows not already present (by primary key); returns how many were new."""
@@ -193,20 +206,18 @@ class Store:
             return None
         return StageRunRecord(*row[:-1], summary=json.loads(row[-1]))
 
-    def turn_start_version(self, turn: int) -> int | None:
-        row = self.con.execute("SELECT start_model_version FROM turns WHERE turn = ?", [turn]).fetchone()
+    # A lineage is one chain of model versions (a registered model name): the project's, or one experiment arm's.
+    def turn_start_version(self, lineage: str, turn: int) -> int | None:
+        query = "SELECT start_model_version FROM turn_starts WHERE lineage = ? AND turn = ?"
+        row = self.con.execute(query, [lineage, turn]).fetchone()
         return None if row is None else row[0]
 
-    def next_turn(self) -> int:
-        """The turn a scheduled run should do: the last started one if it has not finished (promote), else the next."""
-        last = self.con.execute("SELECT max(turn) FROM turns").fetchone()[0]
-        if last is None:
-            return 1
-        finished = self.con.execute("SELECT count(*) FROM stage_runs WHERE stage = 'promote' AND turn = ?", [last])
-        return last + 1 if finished.fetchone()[0] else last
+    def last_turn(self, lineage: str) -> int | None:
+        return self.con.execute("SELECT max(turn) FROM turn_starts WHERE lineage = ?", [lineage]).fetchone()[0]
 
-    def record_turn_start(self, turn: int, model_version: int) -> None:
-        self.con.execute("INSERT OR IGNORE INTO turns VALUES (?, ?, ?)", [turn, model_version, utc_now()])
+    def record_turn_start(self, lineage: str, turn: int, model_version: int) -> None:
+        query = "INSERT OR IGNORE INTO turn_starts VALUES (?, ?, ?, ?)"
+        self.con.execute(query, [lineage, turn, model_version, utc_now()])
 
     def export_parquet(self, table: str, batch_id: str, path: Path) -> None:
         """Write one batch of a table to Parquet atomically (temp file + rename)."""

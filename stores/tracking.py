@@ -68,17 +68,17 @@ def ui_command(mlflow_dir: Path) -> str:
 
 def turn_run(experiment_id: str, turn_key: str, turn: int, tags: dict[str, str]) -> str:
     """The parent run of a turn: found by its key (a resumed or rerun turn logs under the same run) or created."""
-    return _find_or_create(experiment_id, TURN_KEY_TAG, turn_key, f"turn-{turn}", tags)
+    return find_or_create(experiment_id, TURN_KEY_TAG, turn_key, f"turn-{turn}", tags)
 
 
 def history_run(of: RunHandle) -> RunHandle:
     """The experiment's one `flywheel-curve` run: every turn's held-out metrics at step = turn, so the MLflow UI's
     chart of it is the flywheel's learning curve across turns."""
     experiment_id = of.client.get_run(of.run_id).info.experiment_id
-    return RunHandle.of(_find_or_create(experiment_id, HISTORY_TAG, "true", "flywheel-curve", {}))
+    return RunHandle.of(find_or_create(experiment_id, HISTORY_TAG, "true", "flywheel-curve", {}))
 
 
-def _find_or_create(experiment_id: str, key: str, value: str, run_name: str, tags: dict[str, str]) -> str:
+def find_or_create(experiment_id: str, key: str, value: str, run_name: str, tags: dict[str, str]) -> str:
     client = MlflowClient()
     existing = client.search_runs([experiment_id], filter_string=f"tags.`{key}` = '{value}'", max_results=1)
     if existing:

@@ -1,10 +1,13 @@
 """Runs one stage of one turn: the single function the Prefect task, the CLI and `dvc repro` all call.
 
 A stage's batch id hashes its name, the config sections it reads, the turn and the turn's starting model, and its
-upstream batch ids; so it changes exactly when its inputs, params or model change. A batch already recorded in
-`stage_runs` is not recomputed (a rerun costs no model call and inserts nothing). Otherwise the stage runs, its
-tables are validated (failures quarantined with reasons), stamped with lineage and committed with the stage-run
-record in one transaction, logged as a child MLflow run of the turn, and exported to Parquet for DVC.
+upstream batch ids; so it changes exactly when its inputs, params or model change. A stage that registers models
+also hashes the model lineage (the registered model name), so two lineages (experiment arms) never share a
+candidate, while the stages before it are shared wherever their inputs are equal. A stage in `skip` records empty
+tables. A batch already recorded in `stage_runs` is not recomputed (a rerun costs no model call and inserts
+nothing). Otherwise the stage runs, its tables are validated (failures quarantined with reasons), stamped with
+lineage and committed with the stage-run record in one transaction, logged as a child MLflow run of the turn, and
+exported to Parquet for DVC.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+
+import pandas as pd
 
 from stores import tracking
 from stores.errors import disk_failure
@@ -108,6 +113,10 @@ def batch_ids(settings: Settings, turn: int, start_model: ModelRef | None) -> di
                 "model": start_model.fingerprint if spec.per_turn and start_model else None,
                 "input": spec.input_fingerprint(settings) if spec.input_fingerprint else None,
             }
+            if spec.registers_models:
+                payload["lineage"] = settings.model.registry_name
+            if name in settings.skip:
+                payload["skipped"] = True
             ids[name] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
         return ids[name]
 
@@ -118,12 +127,26 @@ def batch_ids(settings: Settings, turn: int, start_model: ModelRef | None) -> di
 
 def turn_start_model(store: Store, registry: Registry, settings: Settings, turn: int) -> ModelRef:
     """The champion when the turn first started (recorded, so the turn stays reproducible after a promotion)."""
-    version = store.turn_start_version(turn)
+    version = store.turn_start_version(registry.name, turn)
     if version is not None:
         return registry.get(version)
     champion = registry.ensure_base(packaged_gguf(settings.model.gguf_package, settings.model.gguf_file))
-    store.record_turn_start(turn, champion.version)
+    store.record_turn_start(registry.name, turn, champion.version)
     return champion
+
+
+def next_turn(settings: Settings) -> int:
+    """The turn to run next in this lineage: the last started one while it is unfinished with these params (its
+    promote batch is not recorded), else the one after it."""
+    experiment_id = tracking.configure(settings.path("mlflow"), settings.experiment)
+    with Store.open(settings.path("store")) as store:
+        last = store.last_turn(settings.model.registry_name)
+        if last is None:
+            return 1
+        registry = Registry(settings.model.registry_name, experiment_id, settings.path("models"))
+        start = registry.get(store.turn_start_version(registry.name, last))
+        finished = store.stage_run(batch_ids(settings, last, start)["promote"]) is not None
+    return last + 1 if finished else last
 
 
 def run_stage(name: str, settings: Settings, turn: int, tags: dict[str, str] | None = None) -> StageResult:
@@ -192,7 +215,7 @@ def recorded_turn(settings: Settings, turn: int) -> list[dict]:
     """The stage results of a finished turn, read from the store (runs nothing)."""
     experiment_id = tracking.configure(settings.path("mlflow"), settings.experiment)
     with Store.open(settings.path("store")) as store:
-        version = store.turn_start_version(turn)
+        version = store.turn_start_version(settings.model.registry_name, turn)
         if version is None:
             raise FlywheelError(f"turn {turn} has not started in {settings.path('store')}")
         start_model = Registry(settings.model.registry_name, experiment_id, settings.path("models")).get(version)
@@ -246,7 +269,8 @@ class _Run:
                 upstream_summary=lambda up: self.store.stage_run(self.ids[up]).summary,
             )
             started = time.perf_counter()
-            output: StageOutput = self.stage.run(ctx)
+            skipped = name in self.settings.skip
+            output: StageOutput = skipped_output(self.stage) if skipped else self.stage.run(ctx)
             seconds = time.perf_counter() - started
             model_label = self.start_model.label if self.start_model else "none"
             lineage = Lineage(name, model_label, parent, params_hash, batch_id)
@@ -278,6 +302,12 @@ class _Run:
             counts = {"rows_in": output.rows_in, "rows_out": rows_out, "quarantined": quarantined}
             mlrun.log_metrics({**counts, "seconds": seconds, "llm_calls": calls, **output.metrics})
         return record, calls
+
+
+def skipped_output(stage: StageDef) -> StageOutput:
+    """A switched-off stage: its tables exist and are empty, so what reads them proceeds without its data."""
+    empty = {spec.name: pd.DataFrame({c.name: [] for c in spec.columns}) for spec in stage.outputs}
+    return StageOutput(empty, rows_in=0, summary={"skipped": True})
 
 
 def _flat(section) -> dict:

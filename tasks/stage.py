@@ -28,6 +28,7 @@ class StageDef:
     run: Callable[[StageContext], StageOutput]
     uses_model: bool = True  # generates, scores or trains: a GPU stage
     per_turn: bool = True
+    registers_models: bool = False  # registers candidates: its batch is per model lineage (tasks/runner.py)
     input_fingerprint: Callable[[Settings], str | None] | None = None  # files read besides tables (in the batch id)
 
 
@@ -75,9 +76,17 @@ class StageContext:
         items = self.prompt_items()
         return seeded_order(items[items["split"] == split], self.settings.seed)
 
+    def probe(self) -> pd.DataFrame:
+        """The dataset-quality probe: the last `data.probe_items` train items in the seeded order, never in a window."""
+        items = self.items("train")
+        return items.iloc[len(items) - min(self.settings.data.probe_items, len(items)) :].reset_index(drop=True)
+
     def turn_slice(self, split: str, count: int) -> pd.DataFrame:
-        """This turn's `count` items of a split: consecutive windows over the seeded order, wrapping around."""
+        """This turn's `count` items of a split: consecutive windows over the seeded order, wrapping around (the
+        train split's probe excluded)."""
         items = self.items(split)
+        if split == "train":
+            items = items.iloc[: len(items) - min(self.settings.data.probe_items, len(items))]
         if items.empty or count == 0:
             return items.iloc[0:0]
         start = ((self.turn - 1) * count) % len(items)

@@ -1,4 +1,5 @@
-"""The noise-control benchmark runs end to end on a tiny slice (the real numbers come from the full run)."""
+"""Every bench script runs end to end on tiny params (the real numbers come from the full runs), so none can break
+unnoticed; a new script without a smoke entry here fails the coverage test."""
 
 import json
 import subprocess
@@ -66,3 +67,30 @@ def test_performance_benches_run_and_report_their_ratios(tmp_path, bench, args):
 
     rows = headlines({bench: result})
     assert rows and all(measured for _, measured, _ in rows)
+
+
+QUALITY_BENCHES = {
+    "preference": [
+        "--methods", "plain", "tso", "--prompts", "2", "--dpo-steps", "1", "--sft-steps", "1",
+        "--heldout", "2", "--heldout-pairs", "2",
+    ],
+    "retrieval": ["--limit", "3", "--fusion", "rrf"],
+    "turn": ["--train-items", "2", "--heldout-items", "2", "--context-docs", "0"],
+}  # fmt: skip
+SMOKED = {"noise_control", "scale", "generation", "retrieval_speed", "dpo", *QUALITY_BENCHES}
+
+
+@pytest.mark.parametrize("bench, args", list(QUALITY_BENCHES.items()))
+def test_quality_and_turn_benches_run(tmp_path, bench, args):
+    out = tmp_path / f"{bench}.json"
+    extra = ["--out", str(out)]
+    extra += [] if bench == "turn" else ["--work", str(tmp_path / "work"), "--mlflow-dir", str(tmp_path / "mlflow")]
+    command = [sys.executable, str(REPO / "bench" / f"{bench}.py"), *args, *extra]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(out.read_text())
+
+
+def test_every_bench_script_has_a_smoke_run():
+    scripts = {p.stem for p in (REPO / "bench").glob("*.py")} - {"all", "common", "__init__"}
+    assert scripts == SMOKED, f"bench scripts without a smoke run: {scripts - SMOKED}"

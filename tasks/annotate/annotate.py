@@ -5,7 +5,11 @@ same cached generation backend.
 Several candidates per item (count and sampling are params); each keeps its mean and min token log-prob and its
 length, which the noise control reads. Empty captions fail validation and land in quarantine.
 
-Input: `items` (train split, this turn's window).
+The same annotator also annotates the dataset-quality probe (train items set aside from every window, the same
+items every turn) with the same sampling; its quality against the probe's human titles, turn after turn, is the
+curve of how good the flywheel's synthetic data gets (metrics `probe_*`; the titles are never trained on).
+
+Input: `items` (train split, this turn's window; the probe).
 Output columns (`annotations`): item_id, candidate, caption, mean_logprob, min_logprob, n_tokens, finished, annotator.
 """
 
@@ -16,6 +20,7 @@ import pandas as pd
 
 from stores.schema import Column, TableSpec
 from tasks.config import Annotate
+from tasks.metrics import distinct_n, reference_scores
 from tasks.prompts import first_line, sample_captions
 from tasks.stage import StageContext, StageDef, StageOutput
 
@@ -51,12 +56,25 @@ def annotate(items: pd.DataFrame, llm, cfg: Annotate, max_signal_chars: int, see
     )
 
 
+def probe_quality(probe: pd.DataFrame, llm, cfg: Annotate, max_signal_chars: int, seed: int) -> dict[str, float]:
+    """The annotator's captions of the probe items, scored against their human titles."""
+    if probe.empty:
+        return {}
+    samples = sample_captions(probe, llm, 1, cfg.sampling, max_signal_chars, seed, "probe")
+    captions = [first_line(g.text) for _, _, g in samples]
+    scores = reference_scores(captions, [item["title"] for item, _, _ in samples])
+    return {f"probe_{name}": float(np.mean(values)) for name, values in scores.items()} | {
+        "probe_distinct_2": distinct_n(captions, 2)
+    }
+
+
 def run(ctx: StageContext) -> StageOutput:
-    cfg = ctx.settings.annotate
+    cfg, max_chars, seed = ctx.settings.annotate, ctx.settings.data.max_signal_chars, ctx.settings.seed
     items = ctx.turn_slice("train", cfg.items_per_turn)
     annotator = ctx.llm if cfg.teacher_version is None else ctx.llm_factory(ctx.registry.get(cfg.teacher_version))
-    frame = annotate(items, annotator, cfg, ctx.settings.data.max_signal_chars, ctx.settings.seed)
+    frame = annotate(items, annotator, cfg, max_chars, seed)
     metrics = {"mean_logprob": float(frame["mean_logprob"].mean()), "unfinished": int((~frame["finished"]).sum())}
+    metrics |= probe_quality(ctx.probe(), annotator, cfg, max_chars, seed)
     return StageOutput({"annotations": frame}, rows_in=len(items), metrics=metrics)
 
 

@@ -21,12 +21,14 @@ guarantees; its body was not reachable, so the rules below are ours, derived fro
    On corrupted Semanlink titles (300 items, the bench's corruptor) scored by v1: 0 → 0.05, 0.1 → 0.15, 0.2 → 0.20,
    0.4 → 0.50 (capped). A larger z is steadier on synthetic data but broke down at 40% on real scores.
 
-3. γ from ε̂. TaiLr's weight p / (γ + (1 − γ) p) equals the posterior probability that a token is clean under the
-   contamination model q = (1 − ε) p_θ + ε r with noise r(y) ∝ 1 − p_θ(y) ("noise lives where the model puts little
-   mass"): (1 − ε) p / ((1 − ε) p + ε (1 − p)) = p / (γ + (1 − γ) p) with γ = ε / (1 − ε). So γ = ε̂ / (1 − ε̂),
-   clipped to [0, 1]: a clean set trains as MLE, a set estimated half noise as the strongest TaiLr. ε̂ is a
-   sequence-level estimate used as the token-level rate, an approximation we accept; it is taken before the drop,
-   so TaiLr also guards against the noise the drop misses (erring towards robustness).
+3. γ from ε̂, a heuristic. TaiLr's weight p / (γ + (1 − γ) p) has the form of the posterior probability that a
+   token is clean under q = (1 − ε) p_θ + ε r with noise r(y) = (1 − p_θ(y)) / (V − 1) ("noise lives where the model
+   puts little mass"), but that posterior's γ is ε / ((1 − ε)(V − 1)): about 2e-5 at ε = 0.5 with SmolLM2's 49,152
+   tokens, i.e. plain MLE. We drop the 1 / (V − 1) (as if each position's noise fell on one alternative token) and
+   use γ = ε̂ / (1 − ε̂), clipped to [0, 1]: not a posterior, a schedule that makes the reweighting grow with the
+   estimated noise level, from MLE for a clean set to the strongest TaiLr for a set estimated half noise. ε̂ is a
+   sequence-level estimate used as the token-level rate; it is taken before the drop, so TaiLr also guards against
+   the noise the drop misses (erring towards robustness).
 
 4. Tail drop. The ⌈ε̂·n⌉ highest scores are dropped, but never inside the bulk: only scores above c + k·σ
    (k = `tail_z`) can be dropped. Drops are recorded with their reason, never deleted.

@@ -5,6 +5,10 @@ The method is a param (`denoise.method`): AdaTaiLr by default (tasks/denoise/ada
 control, fixed-γ TaiLr, small-loss filtering and a two-component GMM (tasks/denoise/methods.py). Token log-probs
 come through the LLM-call cache; scoring the model's own finished generations costs nothing.
 
+Dataset quality: the annotations are scored against their items' human titles (train titles, never trained on, so a
+fair measure): ROUGE-L and MiniLM similarity of all, kept and dropped annotations (what noise control drops should
+be worse than what it keeps), and their distinct-2 diversity.
+
 Input: `annotations`, `items`.
 Output columns (`denoised`): item_id, candidate, caption, method, noise_score, threshold, kept, reason.
 """
@@ -20,6 +24,7 @@ import pandas as pd  # noqa: E402
 
 from stores.schema import Column, TableSpec  # noqa: E402
 from tasks.denoise.methods import Decision, decide  # noqa: E402
+from tasks.metrics import distinct_n, reference_scores  # noqa: E402
 from tasks.prompts import caption_messages  # noqa: E402
 from tasks.stage import StageContext, StageDef, StageOutput  # noqa: E402
 
@@ -74,10 +79,26 @@ def histogram(scores: np.ndarray, threshold: float, method: str):
     return figure
 
 
+def dataset_quality(frame: pd.DataFrame, titles: pd.Series) -> dict[str, float]:
+    """Quality of all / kept / dropped annotations against the human titles, and their diversity."""
+    scores = pd.DataFrame(reference_scores(list(frame["caption"]), list(titles.loc[frame["item_id"]])))
+    quality = {"annotations_distinct_2": distinct_n(list(frame["caption"]), 2)}
+    for group, rows in (
+        ("all", frame.index),
+        ("kept", frame.index[frame["kept"]]),
+        ("dropped", frame.index[~frame["kept"]]),
+    ):
+        for metric in scores.columns:
+            if len(rows):
+                quality[f"quality_{group}_{metric}"] = float(scores.loc[rows, metric].mean())
+    return quality
+
+
 def run(ctx: StageContext) -> StageOutput:
     cfg = ctx.settings.denoise
     annotations = ctx.read("annotate", "annotations")
-    logprobs = token_logprobs(annotations, ctx.prompt_items(), ctx.llm, ctx.settings.data.max_signal_chars)
+    items = ctx.prompt_items()
+    logprobs = token_logprobs(annotations, items, ctx.llm, ctx.settings.data.max_signal_chars)
     decision = decide(cfg.method, logprobs, cfg, ctx.settings.seed)
     frame = decision_table(annotations, decision)
     if len(frame):
@@ -88,6 +109,8 @@ def run(ctx: StageContext) -> StageOutput:
     metrics = {"dropped": dropped, "kept": len(frame) - dropped, "gamma": decision.gamma}
     if decision.noise_level is not None:
         metrics["noise_level"] = decision.noise_level
+    if len(frame):
+        metrics |= dataset_quality(frame, items.set_index("item_id")["title"])
     summary = {"method": cfg.method, "gamma": decision.gamma, "min_weight": cfg.min_weight}
     return StageOutput({"denoised": frame}, rows_in=len(annotations), metrics=metrics, summary=summary)
 

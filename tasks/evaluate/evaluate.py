@@ -1,27 +1,25 @@
 """The held-out scoreboard: the turn's starting model and the retrained candidate caption the same frozen held-out
 items (never trained on: the held-out split is excluded from every training table), and each caption is scored
 against the human title with ROUGE-L F1 and MiniLM cosine similarity. The same items and metrics every turn, so
-turn N+1 is comparable with turn N. The delta comes with a paired bootstrap 95% interval.
+turn N+1 is comparable with turn N. The delta comes with a paired bootstrap 95% interval, and the outputs' diversity
+(distinct-2) and mean length are measured for the promotion gate's guardrails.
 
-Input: `items` (held-out split, first `evaluate.items` in the seeded order), the candidate from `retrain`.
+Input: `items` (held-out split: all of it, or the first `evaluate.items` in the seeded order), the candidate.
 Output columns (`scoreboard`): item_id, role, model, caption, rouge_l, minilm_sim.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from stores import tracking  # noqa: E402
 from stores.schema import Column, TableSpec  # noqa: E402
 from tasks.config import Sampling  # noqa: E402
-from tasks.llm.embeddings import similarity  # noqa: E402
+from tasks.metrics import distinct_n, mean_words, paired_bootstrap, reference_scores  # noqa: E402
 from tasks.prompts import caption_messages, first_line  # noqa: E402
 from tasks.stage import StageContext, StageDef, StageOutput  # noqa: E402
 
@@ -40,50 +38,36 @@ SCOREBOARD = TableSpec(
 )
 
 
-@lru_cache(maxsize=1)
-def _rouge():
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    return float(_rouge().score(reference, prediction)["rougeL"].fmeasure)
-
-
 def score_captions(items: pd.DataFrame, llm, sampling: Sampling, max_signal_chars: int, role: str) -> pd.DataFrame:
     """The model behind `llm` captions `items`; each caption is scored against the item's human title."""
     prompts = [caption_messages(item, max_signal_chars) for item in items.to_dict("records")]
     captions = [first_line(g.text) for g in llm.generate(prompts, sampling, [0] * len(prompts), f"evaluate/{role}")]
-    titles = list(items["title"])
+    scores = reference_scores(captions, list(items["title"]))
     return pd.DataFrame(
-        {
-            "item_id": items["item_id"],
-            "role": role,
-            "model": llm.model.label,
-            "caption": captions,
-            "rouge_l": [rouge_l(c, t) for c, t in zip(captions, titles)],
-            "minilm_sim": similarity([c or "(empty)" for c in captions], titles),
-        }
-    )
+        {"item_id": items["item_id"], "role": role, "model": llm.model.label, "caption": captions, **scores}
+    ).assign(reference=list(items["title"]))
 
 
 def summarize(scoreboard: pd.DataFrame, seed: int, resamples: int = 2000) -> dict[str, float]:
-    """Mean per role and metric, candidate − start delta and its paired bootstrap 95% interval."""
+    """Per role: mean of each metric, distinct-2 and mean words of the captions; candidate − start delta of each
+    metric with its paired bootstrap 95% interval."""
     start = scoreboard[scoreboard["role"] == "start"].set_index("item_id").sort_index()
-    candidate = scoreboard[scoreboard["role"] == "candidate"].set_index("item_id").sort_index()
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(start), size=(resamples, len(start)))
+    candidate = scoreboard[scoreboard["role"] == "candidate"].set_index("item_id").loc[start.index]
     result = {"items": float(len(start))}
+    if "reference" in start:
+        result["reference_mean_words"] = mean_words(list(start["reference"]))
+    for role, board in (("start", start), ("candidate", candidate)):
+        captions = list(board["caption"].fillna(""))
+        result |= {f"{role}_distinct_2": distinct_n(captions, 2), f"{role}_mean_words": mean_words(captions)}
     for metric in METRICS:
-        diff = candidate.loc[start.index, metric].to_numpy() - start[metric].to_numpy()
-        boot = diff[draws].mean(axis=1)
+        diff = candidate[metric].to_numpy() - start[metric].to_numpy()
+        mean, low, high = paired_bootstrap(diff, seed, resamples)
         result |= {
             f"start_{metric}": float(start[metric].mean()),
             f"candidate_{metric}": float(candidate[metric].mean()),
-            f"delta_{metric}": float(diff.mean()),
-            f"delta_{metric}_ci_low": float(np.quantile(boot, 0.025)),
-            f"delta_{metric}_ci_high": float(np.quantile(boot, 0.975)),
+            f"delta_{metric}": mean,
+            f"delta_{metric}_ci_low": low,
+            f"delta_{metric}_ci_high": high,
         }
     return result
 
@@ -102,7 +86,8 @@ def chart(summary: dict[str, float], start_label: str, candidate_label: str):
 
 def run(ctx: StageContext) -> StageOutput:
     cfg, max_chars = ctx.settings.evaluate, ctx.settings.data.max_signal_chars
-    heldout = ctx.items("heldout").head(cfg.items)
+    heldout = ctx.items("heldout")
+    heldout = heldout if cfg.items is None else heldout.head(cfg.items)
     candidate = ctx.registry.get(ctx.upstream_summary("retrain")["candidate_version"])
     scoreboard = pd.concat(
         [
@@ -112,6 +97,7 @@ def run(ctx: StageContext) -> StageOutput:
         ignore_index=True,
     )
     summary = summarize(scoreboard, ctx.settings.seed)
+    scoreboard = scoreboard.drop(columns="reference")
     figure = chart(summary, ctx.start_model.label, candidate.label)
     ctx.mlrun.log_figure(figure, "scoreboard.png")
     ctx.turn_run.log_figure(figure, "scoreboard.png")

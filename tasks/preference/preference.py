@@ -124,7 +124,7 @@ def collect_pairs(
 
 
 def model_roles(ctx: StageContext) -> dict:
-    previous = ctx.store.turn_start_version(ctx.turn - 1) if ctx.turn > 1 else None
+    previous = ctx.store.turn_start_version(ctx.registry.name, ctx.turn - 1) if ctx.turn > 1 else None
     return {
         "champion": ctx.start_model,
         "previous": ctx.registry.get(previous) if previous is not None else None,

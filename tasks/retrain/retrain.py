@@ -154,7 +154,8 @@ def training_data(ctx: StageContext) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
     settings = ctx.settings
     items = ctx.prompt_items().set_index("item_id")
     denoised = ctx.read("denoise", "denoised")
-    synthetic = denoised[denoised["kept"]][["item_id", "candidate", "caption"]].rename(columns={"caption": "target"})
+    kept = denoised["kept"] & settings.retrain.sft.synthetic
+    synthetic = denoised[kept][["item_id", "candidate", "caption"]].rename(columns={"caption": "target"})
     synthetic = synthetic.assign(kind="sft-synthetic")
     human_items = ctx.turn_slice("human", settings.retrain.sft.human_items_per_turn)
     human = pd.DataFrame(
@@ -178,7 +179,7 @@ def run(ctx: StageContext) -> StageOutput:
     if candidate is None:
         staging = Path(tempfile.mkdtemp(prefix=".train-", dir=ctx.settings.path("models")))
         try:
-            tailr = (noise_control["gamma"], noise_control["min_weight"])
+            tailr = (noise_control.get("gamma", 0.0), noise_control.get("min_weight", 0.0))  # none if skipped
             refresh = policy_refresher(ctx, staging) if cfg.dpo.regenerate else None
             losses, trained_pairs = train(
                 ctx.start_model.path, phases, pairs, cfg, ctx.settings.seed, staging, tailr, refresh
@@ -212,7 +213,7 @@ def run(ctx: StageContext) -> StageOutput:
         "dpo_pairs": len(pairs),
         "dpo_pairs_trained": len(trained_pairs),
         "dpo_pairs_corrected": int(trained_pairs["corrected"].sum()) if len(trained_pairs) else 0,
-        "tailr_gamma": noise_control["gamma"],
+        "tailr_gamma": noise_control.get("gamma", 0.0),
     }
     summary = {"candidate_version": candidate.version, "candidate_fingerprint": candidate.fingerprint}
     return StageOutput(
@@ -229,4 +230,5 @@ STAGE = StageDef(
     upstream=("ingest", "context", "denoise", "preference"),
     sections=("data", "retrain"),
     run=run,
+    registers_models=True,
 )

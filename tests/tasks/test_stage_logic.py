@@ -4,9 +4,10 @@ import pandas as pd
 import pytest
 
 from stores.index import reciprocal_rank_fusion
-from tasks.config import Sft
-from tasks.evaluate.evaluate import rouge_l, summarize
+from tasks.config import Promote, Sft
+from tasks.evaluate.evaluate import summarize
 from tasks.evaluate.promote import decide
+from tasks.metrics import rouge_l
 from tasks.preference.scorer import rule_violations
 from tasks.retrain.retrain import phase_steps, sft_phases
 from tasks.rewrite.rewrite import tag_precision
@@ -51,6 +52,7 @@ def test_scoreboard_summary_pairs_items():
         {
             "item_id": ["a", "b", "a", "b"],
             "role": ["start", "start", "candidate", "candidate"],
+            "caption": ["a b c", "a b c", "one two three", "four five"],
             "rouge_l": [0.1, 0.3, 0.4, 0.4],
             "minilm_sim": [0.5, 0.5, 0.5, 0.7],
         }
@@ -59,12 +61,38 @@ def test_scoreboard_summary_pairs_items():
     assert summary["start_rouge_l"] == pytest.approx(0.2) and summary["candidate_rouge_l"] == pytest.approx(0.4)
     assert summary["delta_rouge_l"] == pytest.approx(0.2)
     assert 0.1 - 1e-9 <= summary["delta_rouge_l_ci_low"] <= summary["delta_rouge_l_ci_high"] <= 0.3 + 1e-9
+    # "a b c" twice: bigrams (a b), (b c) repeated -> 2 distinct of 4; the candidate repeats none
+    assert summary["start_distinct_2"] == 0.5 and summary["candidate_distinct_2"] == 1.0
+    assert summary["start_mean_words"] == 3.0 and summary["candidate_mean_words"] == 2.5
 
 
-def test_promotion_gate():
-    assert decide(0.30, 0.31, min_delta=0.0)[0]
-    assert not decide(0.30, 0.30, min_delta=0.0)[0]
-    assert not decide(0.30, 0.305, min_delta=0.01)[0]
+def _evaluation(delta=0.02, low=0.005, high=0.04, distinct=(0.8, 0.8), words=(8.0, 8.0), secondary_high=0.01):
+    return {
+        "delta_rouge_l": delta,
+        "delta_rouge_l_ci_low": low,
+        "delta_rouge_l_ci_high": high,
+        "delta_minilm_sim_ci_high": secondary_high,
+        "start_distinct_2": distinct[0],
+        "candidate_distinct_2": distinct[1],
+        "start_mean_words": words[0],
+        "candidate_mean_words": words[1],
+        "reference_mean_words": 8.0,
+    }
+
+
+def test_promotion_gate_needs_evidence_and_every_guard():
+    gate = Promote()
+    assert decide(_evaluation(), gate)[0]
+    assert not decide(_evaluation(low=-0.01), gate)[0]  # a positive mean inside the noise is not evidence
+    assert decide(_evaluation(low=-0.01), Promote(evidence="point"))[0]
+    assert not decide(_evaluation(low=0.005), Promote(min_delta=0.01))[0]
+    promoted, reason, checks = decide(_evaluation(distinct=(0.8, 0.7)), gate)  # diversity fell by 12.5% > 10%
+    assert not promoted and not checks["distinct_2"]["passed"] and "distinct_2" in reason
+    assert not decide(_evaluation(words=(8.0, 14.0)), gate)[0]  # 1.75x the references' length: exploitation
+    assert not decide(_evaluation(words=(8.0, 4.0)), gate)[0]
+    assert decide(_evaluation(words=(20.0, 14.0)), gate)[0]  # still long, but moving towards human length
+    assert not decide(_evaluation(secondary_high=-0.001), gate)[0]  # MiniLM similarity surely worse
+    assert decide(_evaluation(secondary_high=-0.001), Promote(secondary_must_hold=False))[0]
 
 
 def test_human_refinement_comes_last_by_default_and_its_share_is_a_param():
