@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sft-steps", type=int, default=12, help="turn-1 SFT steps that make v2")
     parser.add_argument("--heldout", type=int, default=48, help="scoreboard items")
     parser.add_argument("--heldout-pairs", type=int, default=24)
+    parser.add_argument("--turn1-items", type=int, default=32, help="items annotated for the turn-1 SFT that makes v2")
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench" / "preference")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "preference.json")
     parser.add_argument("--mlflow-dir", type=Path, default=REPO / "mlflow", help="local MLflow backend to log to")
@@ -133,7 +134,8 @@ def _params(args, name: str, collection: dict, dpo: dict, sft_steps: int):
             "preference": {"prompts_per_turn": args.prompts, **collection},
             "retrain": {"sft": {"max_steps": sft_steps}, "dpo": {"max_steps": args.dpo_steps, **dpo}},
             "evaluate": {"items": args.heldout},
-            "annotate": {"items_per_turn": 32 if name == "turn1" else 8},  # turn 2 trains no SFT
+            "annotate": {"items_per_turn": args.turn1_items if name == "turn1" else 8},  # turn 2 trains no SFT
+            "data": {"probe_items": 0},  # the dataset-quality probe measures nothing this bench compares
         },
     )
 

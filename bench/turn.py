@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--backend", choices=["transformers", "vllm"], default=default_backend)
     parser.add_argument("--context-docs", type=int, default=None, help="0: no retrieved context (default: params)")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/turn-<backend>.json")
+    parser.add_argument("--probe-items", type=int, default=None, help="dataset-quality probe size (default: params)")
     args = parser.parse_args()
 
     from rich.console import Console
@@ -91,6 +92,8 @@ def main() -> None:
         "evaluate": {"items": args.heldout_items},
         "model": {"backend": args.backend},
     }
+    if args.probe_items is not None:
+        params["data"] = {"probe_items": args.probe_items}
     if args.context_docs is not None:  # the context stage embeds the corpus (~65 s here) whichever engine runs
         params["context"] = {"docs": args.context_docs}
     link_shared(folder)

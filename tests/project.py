@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 # A turn small enough for CI: 8 train items, 4 held-out, a few training steps.
 TINY = {
     "seed": 13,
-    "data": {"max_signal_chars": 300, "probe_items": 4},
+    "data": {"max_signal_chars": 300, "probe_items": 0},  # no probe: model-call counts are the window's
     "model": {"batch_size": 8},
     "annotate": {"items_per_turn": 8},
     "preference": {"prompts_per_turn": 4, "human_prompts_per_turn": 2},

@@ -35,7 +35,7 @@ def experiment(tmp_path_factory):
     from flows.experiment import arm_settings, load_spec, run_experiment
 
     folder = tmp_path_factory.mktemp("experiment")
-    params = write_params(folder, {"context": {"docs": 0}})
+    params = write_params(folder, {"context": {"docs": 0}, "data": {"probe_items": 4}})
     spec_file = folder / "tiny.yaml"
     spec_file.write_text(yaml.safe_dump(SPEC))
     report = run_experiment(params, spec_file)

@@ -145,6 +145,20 @@ def test_rerunning_the_finished_turn_makes_no_model_call(turn, monkeypatch):
         assert LLMCallCache(store.con).count() == calls_before
 
 
+def test_flywheel_run_continues_from_the_next_unfinished_turn(turn, monkeypatch):
+    import flows.turn
+    from flows.cli import main
+    from tasks.runner import next_turn
+
+    settings, _ = turn
+    assert next_turn(settings) == 2
+    started = []
+    monkeypatch.setattr(flows.turn, "flywheel_turn", lambda turn, **kw: started.append(turn) or [{"turn": turn}])
+    monkeypatch.setattr("flows.summary.print_turn", lambda *args: None)
+    assert main(["--params", str(settings.root / "params.yaml"), "run", "--turns", "2"]) == 0
+    assert started == [2, 3]  # not 1 again: turn 1 is finished
+
+
 def test_exports_and_metrics_are_written_for_dvc(turn):
     import pandas as pd
 
