@@ -107,7 +107,7 @@ class Model(Strict):
     threads: int | None = Field(None, ge=1)
     backend: Literal["transformers", "vllm"] = "transformers"  # generation engine; training is always transformers
     # transformers inference precision (training: retrain.bf16); auto: bfloat16 where native_bf16(), else float32
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", validate_default=True)
     server: Server = Server()
 
     @field_validator("dtype")
@@ -222,7 +222,7 @@ class Dpo(Strict):
 
 class Retrain(Strict):
     max_length: int = Field(512, ge=64, le=4096)
-    bf16: bool | Literal["auto"] = "auto"  # bf16 autocast (fp32 master weights); auto: where native_bf16()
+    bf16: bool | Literal["auto"] = Field("auto", validate_default=True)  # bf16 autocast, fp32 master weights
     sft: Sft = Sft()
     dpo: Dpo = Dpo()
 

@@ -67,3 +67,21 @@ def test_params_paths_stay_inside_the_project(tmp_path, section, key, value):
     params = write_params(tmp_path, {section: {key: value}})
     with pytest.raises(ConfigError, match=rf"{section}.{key}: .*must be a relative path inside the project folder"):
         load_settings(params)
+
+
+def test_precision_auto_is_resolved_even_when_the_params_omit_it(tmp_path, monkeypatch):
+    import tasks.config as config
+
+    params = tmp_path / "params.yaml"
+    params.write_text("seed: 1\n")  # no model or retrain section: the defaults, resolved for this machine
+    settings = config.load_settings(params)
+    native = config.native_bf16()
+    assert (settings.model.dtype, settings.retrain.bf16) == ("bfloat16" if native else "float32", native)
+    params.write_text("model: {batch_size: 4}\nretrain: {max_length: 256}\n")  # sections without the keys
+    for native, dtype in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(config, "native_bf16", lambda native=native: native)
+        settings = config.load_settings(params)
+        assert (settings.model.dtype, settings.retrain.bf16) == (dtype, native)
+    params.write_text("model: {dtype: bfloat16}\nretrain: {bf16: true}\n")
+    settings = config.load_settings(params)
+    assert (settings.model.dtype, settings.retrain.bf16) == ("bfloat16", True)  # explicit wins
