@@ -12,9 +12,9 @@ next unfinished turn.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -33,7 +33,7 @@ class ExperimentSpec(BaseModel):
 
     @model_validator(mode="after")
     def _arms_named_well(self) -> ExperimentSpec:
-        bad = [arm for arm in self.arms if not pd.Series([arm]).str.match(NAME).all()]
+        bad = [arm for arm in self.arms if not re.fullmatch(NAME, arm)]
         if bad:
             raise ValueError(f"arm names must match {NAME}: {bad}")
         if self.baseline not in self.arms:
@@ -109,9 +109,9 @@ def arm_turns(settings: Settings) -> list[dict]:
 
     finished = next_turn(settings) - 1
     turns = []
-    with_store = [(t, {r["stage"]: r for r in recorded_turn(settings, t)}) for t in range(1, finished + 1)]
+    recorded = [(t, {r["stage"]: r for r in recorded_turn(settings, t)}) for t in range(1, finished + 1)]
     with Store.open(settings.path("store")) as store:
-        for turn, stages in with_store:
+        for turn, stages in recorded:
             board = store.read("scoreboard", stages["evaluate"]["batch_id"])
             turns.append({"turn": turn, "stages": stages, "scoreboard": board})
     return turns
