@@ -29,6 +29,7 @@ from tasks.errors import FlywheelError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flywheel", description="A data flywheel for LLM post-training data.")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--verbose", action="store_true", help="library warnings, logs and per-step progress bars")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run N flywheel turns through Prefect")
     run.add_argument("--turns", type=int, default=1)
@@ -70,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     trigger.add_argument("--turns", type=int, default=None, help="default: the deployment's")
     commands.add_parser("stop", help="stop the services serve-local started")
     args = parser.parse_args(argv)
+    if args.verbose:
+        from stores.env import set_verbose
+
+        set_verbose()
 
     try:
         _dispatch(args)
@@ -103,12 +108,7 @@ def _dispatch(args: argparse.Namespace) -> None:
     elif args.command == "stage":
         from tasks.runner import run_stage
 
-        result = run_stage(args.name, settings, args.turn or settings.turn)
-        state = "cached" if result.cached else f"{result.seconds:.1f} s, {result.llm_calls} LLM calls"
-        print(
-            f"{result.stage} (turn {result.turn}): {result.rows_in} in, {result.rows_out} out, "
-            f"{result.quarantined} quarantined [{state}]"
-        )
+        print(run_stage(args.name, settings, args.turn or settings.turn).line())
     elif args.command == "summary":
         from tasks.runner import recorded_turn
 

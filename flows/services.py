@@ -58,7 +58,9 @@ def start_services(settings: Settings) -> Services:
     services = Services(f"http://{HOST}:{prefect_port}/api", f"http://{HOST}:{mlflow_port}", logs=str(logs))
     try:
         prefect = [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(prefect_port)]
-        services.pids["prefect-server"] = _start("prefect-server", prefect, logs, PREFECT_SERVER_ENV)
+        # The UI calls the API at the URL the server hands it (GET /ui-settings); unset, that is the default port's.
+        ui_env = {**PREFECT_SERVER_ENV, "PREFECT_SERVER_UI_API_URL": services.prefect_api_url}
+        services.pids["prefect-server"] = _start("prefect-server", prefect, logs, ui_env)
         mlflow_dir = settings.path("mlflow")
         mlflow = [
             str(BIN / "mlflow"), "server", "--host", HOST, "--port", str(mlflow_port), "--workers", "1",

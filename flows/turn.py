@@ -23,7 +23,7 @@ from prefect.tasks import exponential_backoff
 from stores.lock import run_lock
 from tasks.config import load_settings
 from tasks.errors import FlywheelError, ModelServerError
-from tasks.runner import STAGES, next_turn, run_stage
+from tasks.runner import STAGES, StageResult, next_turn, run_stage
 
 MODEL_SERVER_RETRIES = 2  # a stage whose model server failed (after its own request retries) is retried this often
 
@@ -83,9 +83,15 @@ def flywheel_turn(
     `local` runs each stage as a task in this process; `deployments` runs it on its work pool's worker.
     `overrides` are merged onto the params file (an experiment arm is one)."""
     with run_lock(load_settings(params, overrides).path("store")):
-        if dispatch == "deployments":
-            return [_run_on_pool(name, turn, params, overrides) for name in STAGES]
-        return [STAGE_TASKS[name](params, turn, overrides) for name in STAGES]
+        results = []
+        for name in STAGES:
+            if dispatch == "deployments":
+                result = _run_on_pool(name, turn, params, overrides)
+            else:
+                result = STAGE_TASKS[name](params, turn, overrides)
+            print(StageResult(**result).line(), flush=True)
+            results.append(result)
+        return results
 
 
 @flow(name="flywheel")

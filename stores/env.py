@@ -5,6 +5,7 @@ Prefect, MLflow, DVC, Great Expectations or transformers are imported. Values th
 """
 
 import os
+import warnings
 
 OFFLINE_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -23,6 +24,35 @@ OFFLINE_ENV = {
 }
 
 
+# Quiet unless FLYWHEEL_VERBOSE=1 (`flywheel --verbose`): no `datasets` bar per tokenizing pass, no library
+# advisories; Prefect logs still reach its API and UI, only its console echo is held back to warnings.
+QUIET_ENV = {
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",  # worker and server processes
+}
+
+
+def verbose() -> bool:
+    return os.environ.get("FLYWHEEL_VERBOSE", "0") == "1"
+
+
 def apply_offline_env() -> None:
     for name, value in OFFLINE_ENV.items():
         os.environ.setdefault(name, value)
+    if not verbose():
+        for name, value in QUIET_ENV.items():
+            os.environ.setdefault(name, value)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def set_verbose() -> None:
+    """`--verbose`: everything the libraries say (before they are imported)."""
+    os.environ["FLYWHEEL_VERBOSE"] = "1"
+    for name, value in QUIET_ENV.items():
+        if os.environ.get(name) == value:
+            del os.environ[name]
+    warnings.resetwarnings()

@@ -64,6 +64,17 @@ class StageResult:
     metrics: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
 
+    def line(self) -> str:
+        """What a person reads when the stage finishes: the flywheel's one line per stage."""
+        if self.summary.get("skipped"):
+            state = "skipped"
+        elif self.cached:
+            state = "cached"
+        else:
+            state = f"{self.seconds:.1f} s, {self.llm_calls} model calls"
+        quarantined = f", {self.quarantined} quarantined" if self.quarantined else ""
+        return f"{self.stage:<10} turn {self.turn}: {self.rows_in} in, {self.rows_out} out{quarantined} [{state}]"
+
 
 @lru_cache(maxsize=2)
 def _transformers_backend(path: str, batch_size: int, threads: int | None, dtype: str):

@@ -1,4 +1,7 @@
-"""The CLI turns user mistakes into one clear line and exit status 2, never a traceback."""
+"""The CLI turns user mistakes into one clear line and exit status 2, never a traceback; a stage says one line."""
+
+import subprocess
+import sys
 
 from flows.cli import main
 from tests.project import write_params
@@ -111,3 +114,16 @@ def test_rag_eval_on_a_small_beir_benchmark(tmp_path, capsys):
     (tmp_path / "qrels.tsv").write_text("q1\tnope\t1\n")
     assert main(["--params", str(write_params(tmp_path)), "rag", "eval", *files, f"--out={out}"]) == 2
     assert "qrels.tsv:1: corpus-id 'nope' is not in corpus.jsonl" in capsys.readouterr().err
+
+
+def test_a_stage_says_one_line_and_nothing_else_unless_verbose(tmp_path):
+    params = str(write_params(tmp_path))
+
+    def stage(*flags):
+        command = [sys.executable, "-m", "flows.cli", *flags, "--params", params, "stage", "ingest"]
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=True)
+
+    quiet = stage()
+    assert quiet.stdout.startswith("ingest     turn 1: ") and quiet.stdout.count("\n") == 1
+    assert quiet.stderr == ""  # no library logs or warnings (the first run creates the MLflow tables)
+    assert "[cached]" in stage("--verbose").stdout

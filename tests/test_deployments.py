@@ -29,7 +29,10 @@ def test_a_triggered_deployment_runs_each_stage_on_its_pool(tmp_path):
     from tasks.config import load_settings
     from tasks.runner import STAGES
 
-    params = write_params(tmp_path, {"context": {"docs": 0}})
+    # Routing is what this test proves: the preference and rewrite stages still run on their pool, recording empty
+    # tables (their model work is tested in-process by tests/test_turn.py), so each stage process stays short.
+    lean = {"context": {"docs": 0}, "skip": ["preference", "rewrite"], "retrain": {"dpo": {"max_steps": 0}}}
+    params = write_params(tmp_path, lean)
     settings = load_settings(params)
     served = _flywheel(params, "serve-local")
     assert served.returncode == 0, served.stderr
@@ -39,6 +42,8 @@ def test_a_triggered_deployment_runs_each_stage_on_its_pool(tmp_path):
         deployed = _flywheel(params, "deploy", "--cron", "0 3 * * *")
         assert deployed.returncode == 0, deployed.stderr
         api = services.prefect_api_url
+        ui_settings = httpx.get(f"{api.removesuffix('/api')}/ui-settings").json()
+        assert ui_settings["api_url"] == api  # the UI on a free port calls its own server, not :4200
         scheduled = httpx.get(f"{api}/deployments/name/flywheel/scheduled").json()
         assert scheduled["work_pool_name"] == "cpu-pool"
         assert [s["schedule"]["cron"] for s in scheduled["schedules"]] == ["0 3 * * *"]

@@ -183,11 +183,16 @@ def test_the_cli_summary_of_the_finished_turn(turn, capsys):
 
 
 def test_dvc_repro_reuses_the_turn_and_a_param_change_reruns_only_its_dependents(turn):
+    """In a git checkout, as a user's clone is (`dvc init --no-scm` hid that dvc.lock was git-ignored)."""
     settings, _ = turn
     folder = settings.root
-    for name in ("tasks", "stores", "flows", "labels"):
-        shutil.copytree(REPO / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "dvc.yaml", folder / "dvc.yaml")
+    for name in ("tasks", "stores", "flows", "labels", ".dvc"):
+        shutil.copytree(REPO / name, folder / name, ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp"))
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(REPO / name, folder / name)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "project"]):
+        subprocess.run(git + args, cwd=folder, check=True, capture_output=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     dvc = [str(Path(sys.executable).parent / "dvc")]
 
@@ -196,7 +201,6 @@ def test_dvc_repro_reuses_the_turn_and_a_param_change_reruns_only_its_dependents
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
-    run("init", "--no-scm")
     output = run("repro")
     assert output.count("[cached]") == 9  # every stage found its batch in the store: nothing recomputed
     assert "up to date" in run("status")

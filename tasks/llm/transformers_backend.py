@@ -82,12 +82,20 @@ class TransformersBackend:
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
         return ids, mask
 
+    def _batches(self, lengths: list[int]) -> list[list[int]]:
+        """Row indices in batches of similar length. Left padding to a batch's longest prompt wasted 38% of the
+        prefill tokens of the 210 held-out caption prompts in their stored order (batch 16), 5% sorted by length."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        return [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+
     @torch.inference_mode()
     def generate(self, prompts: list[Messages], sampling: Sampling, seeds: list[int]) -> list[Generation]:
-        results: list[Generation] = []
-        for start in range(0, len(prompts), self.batch_size):
-            rows = [self.prompt_ids(m) for m in prompts[start : start + self.batch_size]]
-            results.extend(self._generate_batch(rows, sampling, seeds[start : start + self.batch_size]))
+        rows = [self.prompt_ids(m) for m in prompts]
+        results: list[Generation | None] = [None] * len(rows)
+        for batch in self._batches([len(r) for r in rows]):
+            generations = self._generate_batch([rows[i] for i in batch], sampling, [seeds[i] for i in batch])
+            for index, generation in zip(batch, generations):
+                results[index] = generation
         return results
 
     def _generate_batch(self, rows: list[list[int]], sampling: Sampling, seeds: list[int]) -> list[Generation]:
@@ -112,12 +120,10 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def score(self, prompts: list[Messages], completions: list[str]) -> list[Scored]:
-        results: list[Scored] = []
-        for start in range(0, len(prompts), self.batch_size):
-            pairs = [
-                (self.prompt_ids(m), self.completion_token_ids(c))
-                for m, c in zip(prompts[start : start + self.batch_size], completions[start : start + self.batch_size])
-            ]
+        encoded = [(self.prompt_ids(m), self.completion_token_ids(c)) for m, c in zip(prompts, completions)]
+        results: list[Scored | None] = [None] * len(encoded)
+        for batch in self._batches([len(p) + len(c) for p, c in encoded]):
+            pairs = [encoded[i] for i in batch]
             input_ids, attention_mask = self._left_pad([p + c for p, c in pairs])
             positions_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
             # Completions are right-aligned (left padding): only the last `kept` positions predict them, so only
@@ -127,8 +133,8 @@ class TransformersBackend:
             logits = self.model(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_ids, logits_to_keep=kept
             ).logits.float()
-            for row, (_, completion) in enumerate(pairs):
+            for row, (index, (_, completion)) in enumerate(zip(batch, pairs)):
                 predicting = logits[row, kept - len(completion) - 1 : kept - 1]
                 picked = predicting.gather(-1, torch.tensor(completion)[:, None])[:, 0]
-                results.append(Scored((picked - predicting.logsumexp(-1)).tolist()))
+                results[index] = Scored((picked - predicting.logsumexp(-1)).tolist())
         return results

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from trl import DPOTrainer
 
+from tasks.retrain.fit import fit
+
 
 def dual_clip_loss(
     chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, clip_chosen: float, clip_rejected: float
@@ -137,8 +139,7 @@ def train_dpo(
             )
         else:
             trainer = DPOTrainer(**kwargs, processing_class=tokenizer)
-        trainer.train()
-        model = trainer.model
+        model = fit(trainer)
         if cfg.extrapolation_alpha:
             extrapolate(model, reference, cfg.extrapolation_alpha)
         del reference

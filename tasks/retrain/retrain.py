@@ -25,6 +25,7 @@ from stores.registry import CANDIDATE, WEIGHTS, sha256_file
 from stores.schema import Column, TableSpec
 from tasks.config import Retrain, Sft
 from tasks.prompts import caption_messages
+from tasks.retrain.fit import fit
 from tasks.retrain.regenerate import policy_refresher
 from tasks.stage import StageContext, StageDef, StageOutput
 
@@ -131,8 +132,7 @@ def train(
             )
         else:
             trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
-        trainer.train()
-        model = trainer.model
+        model = fit(trainer)
         losses[f"sft_loss_phase{number}"] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     trained_pairs = pairs.iloc[0:0].assign(round=0)
     if len(pairs) and cfg.dpo.max_steps:

@@ -26,6 +26,20 @@ def test_a_completion_depends_on_prompt_and_seed_not_on_the_batch(backend):
     assert {tuple(g.token_ids) for g in other_seed} != {tuple(alone.token_ids)}
 
 
+def test_rows_batched_by_length_come_back_in_the_callers_order(backend, monkeypatch):
+    monkeypatch.setattr(backend, "batch_size", 2)  # LONG and MEDIUM share a batch, SHORT goes first on its own
+    medium = [{"role": "user", "content": LONG[0]["content"][:150]}]
+    prompts = [LONG, SHORT, medium]
+    alone = [backend.generate([p], GREEDY, [0])[0] for p in prompts]
+    together = backend.generate(prompts, GREEDY, [0, 0, 0])
+    assert [g.token_ids for g in together] == [g.token_ids for g in alone]
+    texts = [g.text for g in alone]
+    scored_alone = [backend.score([p], [t])[0].token_logprobs for p, t in zip(prompts, texts)]
+    scored_together = [s.token_logprobs for s in backend.score(prompts, texts)]
+    assert [len(s) for s in scored_together] == [len(s) for s in scored_alone]
+    assert all(abs(a - b) < 1e-3 for x, y in zip(scored_together, scored_alone) for a, b in zip(x, y))
+
+
 def test_scoring_agrees_with_the_generation_log_probs(backend):
     generation = backend.generate([SHORT], Sampling(temperature=0.0, max_new_tokens=40), [0])[0]
     assert generation.finished and generation.token_ids[-1] == backend.eos_id
