@@ -1,12 +1,14 @@
-"""Noise control, measured on known noise: AdaTaiLr against no control, fixed-γ TaiLr, small-loss filtering and a
-two-component GMM.
+"""Noise control, measured on known noise, easy and hard: AdaTaiLr with each noise score (tasks/denoise/scores.py)
+against no control, fixed-γ TaiLr, small-loss filtering and a two-component GMM.
 
-Annotations are the human titles of Semanlink train items; a seeded corruptor replaces a known fraction with
-swapped captions, truncated titles or tag soup (tasks/denoise/corrupt.py). Detection: each method's noise score
-against the known corruptions (AUROC), and precision/recall of what it drops, for two scorers: the packaged model
-(v1) and v1 refined on the human-refinement split (what the champion is after a turn). Downstream: the refined
-model is trained on the noisy set (rate --downstream-rate) with each method, same steps and seed, and captions the
-held-out items; ROUGE-L and MiniLM similarity to the human titles.
+Annotations are the human titles of Semanlink train items; a seeded corruptor replaces a known fraction
+(tasks/denoise/corrupt.py) with easy noise (a random other item's title, a truncated title, tag soup) or hard noise
+(the title of the most similar other item; the title with its key term swapped for another item's). Detection, per
+noise group and rate, for two scorers, the packaged model (v1) and v1 refined on half the human split (what the
+champion is after a turn): AUROC of every noise score, AdaTaiLr's ε̂ (from the tail, or from the fit on trusted
+pairs of the other half of the human split) and the precision/recall of what it drops, and the baselines' AUROC.
+Downstream: the refined model is trained on a set with all five kinds of noise (rate --downstream-rate) with each
+method, same steps and seed, and captions the held-out items; ROUGE-L and MiniLM similarity to the human titles.
 
 Run: .venv/bin/python bench/noise_control.py [--items 200] [--rates 0.1 0.2 0.4] [--steps 12] [--heldout 32]
 Prints the tables, writes bench/results/noise_control.json and logs a run to the MLflow experiment flywheel-bench.
@@ -27,7 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("FLYWHEEL_PROGRESS", "0")
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import stores  # noqa: E402,F401
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=200, help="corrupted train items scored for detection")
     parser.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.2, 0.4])
+    parser.add_argument("--trusted-items", type=int, default=None, help="human items for the trusted fit (all)")
     parser.add_argument("--refine-steps", type=int, default=16, help="SFT steps of v1 on the human split")
     parser.add_argument("--downstream-rate", type=float, default=0.2)
     parser.add_argument("--downstream-items", type=int, default=96)
@@ -60,7 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
     items, human, heldout = _splits(settings, args)
     gguf = packaged_gguf(settings.model.gguf_package, settings.model.gguf_file)
     base_path = convert_gguf(gguf, work.parent / "models")
-    refined_path = _refined(base_path, human, settings, args.refine_steps, work)
+    refine_split, trusted_split = _halves(human)
+    trusted_split = trusted_split.head(args.trusted_items or len(trusted_split))
+    refined_path = _refined(base_path, refine_split, settings, args.refine_steps, work)
     models = {
         "v1": ModelRef("bench", 1, sha256_file(base_path / "model.safetensors"), base_path),
         "v1-refined": ModelRef("bench", 2, sha256_file(refined_path / "model.safetensors"), refined_path),
@@ -72,8 +76,10 @@ def main(argv: list[str] | None = None) -> dict:
         def llm(model):
             return CachedLLM(lambda ref: TransformersBackend(ref.path, settings.model.batch_size), cache, model)
 
-        detection = _detection(items, models, llm, settings, args.rates)
-        downstream = _downstream(items, heldout, models["v1-refined"], llm, settings, args) if args.steps else []
+        detection = _detection(items, trusted_split, models, llm, settings, args.rates)
+        downstream = (
+            _downstream(items, trusted_split, heldout, models["v1-refined"], llm, settings, args) if args.steps else []
+        )
     result = {
         "args": {k: str(v) for k, v in vars(args).items()},
         "detection": detection,
@@ -100,6 +106,13 @@ def _splits(settings, args):
     return by_split["train"].head(args.items), by_split["human"], by_split["heldout"].head(args.heldout)
 
 
+def _halves(human: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(refine, trusted): v1 is refined on one half of the human split, the trusted pairs come from the other, so
+    the scorer has never trained on the titles its trusted fit is made of (as in a turn, whose window is new)."""
+    half = len(human) // 2
+    return human.iloc[:half].reset_index(drop=True), human.iloc[half:].reset_index(drop=True)
+
+
 def _refined(base_path: Path, human: pd.DataFrame, settings, steps: int, work: Path) -> Path:
     """v1 after SFT on the human-refinement titles (cached by its inputs)."""
     from tasks.prompts import caption_messages
@@ -120,65 +133,94 @@ def _refined(base_path: Path, human: pd.DataFrame, settings, steps: int, work: P
     return target / "model"
 
 
-def _scores(annotations: pd.DataFrame, items: pd.DataFrame, llm, settings) -> list[np.ndarray]:
-    from tasks.denoise.denoise import token_logprobs
+def _features(annotations: pd.DataFrame, items: pd.DataFrame, llm, settings) -> pd.DataFrame:
+    from tasks.denoise.scores import features
 
-    frame = pd.DataFrame({"item_id": annotations["item_id"], "candidate": 0, "caption": annotations["annotation"]})
-    return token_logprobs(frame, items, llm, settings.data.max_signal_chars)
+    return features(list(annotations["annotation"]), items.to_dict("records"), llm, settings.data.max_signal_chars)
 
 
-def _detection(items, models, llm, settings, rates) -> list[dict]:
+KIND_GROUPS = {"easy": ("swap", "truncate", "tag_soup"), "neighbour": ("neighbour",), "detail": ("detail",)}
+
+
+def _detection(items, human, models, llm, settings, rates) -> list[dict]:
+    """Per corruption group, rate and scorer: AUROC of every noise score, and what AdaTaiLr drops with it (ε̂ from
+    the tail for nll/pmi/content, from the trusted human-split fit for `fitted`); the baselines on the NLL."""
     from sklearn.metrics import roc_auc_score
 
     from tasks.denoise.corrupt import corrupt
     from tasks.denoise.methods import METHODS, decide
+    from tasks.denoise.scores import SCORES, features, fit_trusted, nearest_others, noise_scores, trusted_pairs
 
+    nearest = nearest_others(items.to_dict("records"))
+    captions, trusted_items, wrong = trusted_pairs(human)
     rows = []
-    for rate in rates:
-        annotations = corrupt(items, rate, settings.seed)
-        noisy = (annotations["corruption"] != "").to_numpy()
-        for name, model in models.items():
-            logprobs = _scores(annotations, items, llm(model), settings)
-            for method in METHODS:
-                decision = decide(method, logprobs, settings.denoise.model_copy(update={"method": method}), 0)
-                dropped = ~decision.kept
-                rows.append(
-                    {
-                        "rate": rate,
-                        "scorer": name,
-                        "method": method,
-                        "auroc": None if method == "none" else float(roc_auc_score(noisy, decision.noise_score)),
-                        "dropped": int(dropped.sum()),
-                        "precision": float(noisy[dropped].mean()) if dropped.any() else None,
-                        "recall": float(dropped[noisy].mean()) if noisy.any() else None,
-                        "gamma": decision.gamma,
-                        "noise_level": decision.noise_level,
-                    }
-                )
+    for name, model in models.items():
+        trusted = features(captions, trusted_items, llm(model), settings.data.max_signal_chars)
+        fit = fit_trusted(trusted, wrong, settings.seed)
+        for group, kinds in KIND_GROUPS.items():
+            for rate in rates:
+                annotations = corrupt(items, rate, settings.seed, kinds, nearest)
+                noisy = (annotations["corruption"] != "").to_numpy()
+                frame = _features(annotations, items, llm(model), settings)
+                logprobs = list(frame["logprobs"])
+                runs = [("adatailr", score) for score in SCORES] + [(m, "nll") for m in METHODS if m != "adatailr"]
+                for method, score in runs:
+                    cfg = settings.denoise.model_copy(update={"method": method})
+                    level = fit.noise_level(frame) if score == "fitted" else None
+                    decision = decide(method, logprobs, cfg, 0, noise_scores(score, frame, fit), level)
+                    dropped = ~decision.kept
+                    auroc = None if method == "none" else float(roc_auc_score(noisy, decision.noise_score))
+                    rows.append(
+                        {
+                            "corruption": group,
+                            "rate": rate,
+                            "scorer": name,
+                            "method": method,
+                            "score": score,
+                            "auroc": auroc,
+                            "dropped": int(dropped.sum()),
+                            "precision": float(noisy[dropped].mean()) if dropped.any() else None,
+                            "recall": float(dropped[noisy].mean()) if noisy.any() else None,
+                            "gamma": decision.gamma,
+                            "noise_level": decision.noise_level,
+                            "trusted_tpr": fit.tpr,
+                            "trusted_fpr": fit.fpr,
+                        }
+                    )
     return rows
 
 
-def _downstream(items, heldout, model, llm, settings, args) -> list[dict]:
+def _downstream(items, human, heldout, model, llm, settings, args) -> list[dict]:
     """Train the current model on the noisy set with each method; caption the held-out items."""
     import shutil
     import tempfile
 
     from stores.registry import ModelRef, sha256_file
-    from tasks.denoise.corrupt import corrupt
+    from tasks.denoise.corrupt import CORRUPTIONS, corrupt
     from tasks.denoise.methods import METHODS, decide
+    from tasks.denoise.scores import features, fit_trusted, nearest_others, noise_scores, trusted_pairs
     from tasks.evaluate.evaluate import score_captions
     from tasks.prompts import caption_messages
     from tasks.retrain.retrain import train
 
     subset = items.head(args.downstream_items)
-    annotations = corrupt(subset, args.downstream_rate, settings.seed)
-    logprobs = _scores(annotations, subset, llm(model), settings)
+    nearest = nearest_others(subset.to_dict("records"))
+    annotations = corrupt(subset, args.downstream_rate, settings.seed, CORRUPTIONS, nearest)
+    frame = _features(annotations, subset, llm(model), settings)
+    logprobs = list(frame["logprobs"])
+    captions, trusted_items, wrong = trusted_pairs(human)
+    fit = fit_trusted(features(captions, trusted_items, llm(model), settings.data.max_signal_chars), wrong, 0)
     cfg = settings.retrain.model_copy(update={"sft": settings.retrain.sft.model_copy(update={"max_steps": args.steps})})
     sampling, chars = settings.evaluate.sampling, settings.data.max_signal_chars
     start = score_captions(heldout, llm(model), sampling, chars, "start")
     rows = [{"method": "(starting model)", "kept": 0, "gamma": 0.0, **_means(start)}]
-    for method in METHODS:
-        decision = decide(method, logprobs, settings.denoise.model_copy(update={"method": method}), 0)
+    for method in [*METHODS, "adatailr+fitted"]:
+        noise_cfg = settings.denoise.model_copy(update={"method": method.split("+")[0]})
+        if method == "adatailr+fitted":
+            fitted, level = noise_scores("fitted", frame, fit), fit.noise_level(frame)
+            decision = decide("adatailr", logprobs, noise_cfg, 0, fitted, level)
+        else:
+            decision = decide(method, logprobs, noise_cfg, 0)
         kept = annotations[decision.kept]
         phase = pd.DataFrame(
             {
@@ -208,21 +250,27 @@ def _report(result: dict, out: Path) -> None:
     from rich.table import Table
 
     console = Console(width=140)
-    table = Table(title="Noise detection on known corruptions (AUROC of the noise score; precision/recall of drops)")
-    for column in ("rate", "scorer", "method", "AUROC", "dropped", "precision", "recall", "γ", "ε̂"):
-        table.add_column(column, justify="left" if column in ("scorer", "method") else "right")
+    table = Table(title="Noise detection on known corruptions: AUROC per noise score; AdaTaiLr's ε̂ and drops")
+    columns = ["noise", "rate", "scorer", "AUROC nll", "pmi", "content", "fitted", "ε̂ tail", "ε̂ trusted"]
+    columns += ["P/R nll", "P/R fitted", "best baseline AUROC"]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("noise", "scorer") else "right")
     fmt = lambda v, spec=".3f": "—" if v is None else format(v, spec)  # noqa: E731
-    for r in result["detection"]:
+    frame = pd.DataFrame(result["detection"])
+    for (group, rate, scorer), rows in frame.groupby(["corruption", "rate", "scorer"], sort=False):
+        ada = rows[rows["method"] == "adatailr"].set_index("score")
+        baselines = rows[(rows["method"] != "adatailr") & rows["auroc"].notna()]
+        pr = lambda r: f"{fmt(r['precision'], '.2f')}/{fmt(r['recall'], '.2f')}"  # noqa: E731
         table.add_row(
-            fmt(r["rate"], ".0%"),
-            r["scorer"],
-            r["method"],
-            fmt(r["auroc"]),
-            str(r["dropped"]),
-            fmt(r["precision"], ".2f"),
-            fmt(r["recall"], ".2f"),
-            fmt(r["gamma"], ".3f"),
-            fmt(r["noise_level"], ".3f"),
+            group,
+            fmt(rate, ".0%"),
+            scorer,
+            *(fmt(ada.loc[score, "auroc"]) for score in ("nll", "pmi", "content", "fitted")),
+            fmt(ada.loc["nll", "noise_level"]),
+            fmt(ada.loc["fitted", "noise_level"]),
+            pr(ada.loc["nll"]),
+            pr(ada.loc["fitted"]),
+            fmt(baselines["auroc"].max() if len(baselines) else None),
         )
     console.print(table)
     if result["downstream"]:
@@ -240,12 +288,13 @@ def _report(result: dict, out: Path) -> None:
 
 def _log_mlflow(result: dict, out: Path, mlflow_dir: Path) -> None:
     metrics = {
-        f"auroc_{r['scorer']}_{r['method']}_{int(r['rate'] * 100)}": r["auroc"]
+        f"auroc_{r['corruption']}_{r['scorer']}_{r['method']}_{r['score']}_{int(r['rate'] * 100)}": r["auroc"]
         for r in result["detection"]
         if r["auroc"] is not None
     }
     for r in result["downstream"]:
-        metrics[f"downstream_rouge_l_{r['method'].strip('()').replace(' ', '_')}"] = r["rouge_l"]
+        name = r["method"].strip("()").replace(" ", "_").replace("+", "_")
+        metrics[f"downstream_rouge_l_{name}"] = r["rouge_l"]
     log_bench_run("noise_control", result["args"], metrics, out, mlflow_dir)
 
 

@@ -1,15 +1,17 @@
 """Noise control: every annotation gets a noise score from the current model, the noisy tail is dropped (recorded,
 not deleted) and the kept annotations train with the method's TaiLr γ (`retrain` reads it from this stage).
 
-The method is a param (`denoise.method`): AdaTaiLr by default (tasks/denoise/adatailr.py), or the baselines no
-control, fixed-γ TaiLr, small-loss filtering and a two-component GMM (tasks/denoise/methods.py). Token log-probs
-come through the LLM-call cache; scoring the model's own finished generations costs nothing.
+The noise score (`denoise.score`: NLL, PMI against the item-less prompt, MiniLM content distance, or a fit of the
+three on trusted human-split pairs; tasks/denoise/scores.py) and the method (`denoise.method`: AdaTaiLr by default,
+tasks/denoise/adatailr.py, or the baselines no control, fixed-γ TaiLr, small-loss filtering and a two-component GMM,
+tasks/denoise/methods.py) are params. Token log-probs come through the LLM-call cache; scoring the model's own
+finished generations costs nothing.
 
 Dataset quality: the annotations are scored against their items' human titles (train titles, never trained on, so a
 fair measure): ROUGE-L and MiniLM similarity of all, kept and dropped annotations (what noise control drops should
 be worse than what it keeps), and their distinct-2 diversity.
 
-Input: `annotations`, `items`.
+Input: `annotations`, `items` (and this turn's human-split window for the fitted score).
 Output columns (`denoised`): item_id, candidate, caption, method, noise_score, threshold, kept, reason.
 """
 
@@ -23,9 +25,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from stores.schema import Column, TableSpec  # noqa: E402
+from tasks.config import Denoise  # noqa: E402
 from tasks.denoise.methods import Decision, decide  # noqa: E402
+from tasks.denoise.scores import features, fit_trusted, noise_scores, token_logprobs, trusted_pairs  # noqa: E402
+from tasks.errors import InputError  # noqa: E402
 from tasks.metrics import distinct_n, reference_scores  # noqa: E402
-from tasks.prompts import caption_messages  # noqa: E402
 from tasks.stage import StageContext, StageDef, StageOutput  # noqa: E402
 
 DENOISED = TableSpec(
@@ -44,12 +48,27 @@ DENOISED = TableSpec(
 )
 
 
-def token_logprobs(annotations: pd.DataFrame, items: pd.DataFrame, llm, max_signal_chars: int) -> list[np.ndarray]:
-    """Per-token log-probs of each caption given its item, under the model behind `llm`."""
-    by_id = items.set_index("item_id").to_dict("index")
-    prompts = [caption_messages(by_id[i], max_signal_chars) for i in annotations["item_id"]]
-    scored = llm.score(prompts, list(annotations["caption"]), desc="denoise")
-    return [np.asarray(s.token_logprobs) for s in scored]
+def noise_decision(
+    cfg: Denoise, annotations: pd.DataFrame, items: pd.DataFrame, trusted: pd.DataFrame, llm, chars: int, seed: int
+) -> tuple[Decision, dict]:
+    """The method's decision on `annotations` (item_id, caption) of `items`, ranked by `cfg.score`; `trusted` are
+    human-split items (item_id, title, signals) for the fitted score. Returns (decision, the trusted fit's metrics)."""
+    by_id = items.set_index("item_id", drop=False)
+    records = [by_id.loc[i].to_dict() for i in annotations["item_id"]]
+    captions = list(annotations["caption"])
+    if cfg.score == "nll":
+        return decide(cfg.method, token_logprobs(captions, records, llm, chars, "denoise"), cfg, seed), {}
+    frame = features(captions, records, llm, chars)
+    fit, level, fit_metrics = None, None, {}
+    if cfg.score == "fitted":
+        if len(trusted) < 4:
+            raise InputError(f"denoise.score fitted needs at least 4 human-split items, found {len(trusted)}")
+        pair_captions, pair_items, wrong = trusted_pairs(trusted)
+        fit = fit_trusted(features(pair_captions, pair_items, llm, chars), wrong, seed)
+        level = fit.noise_level(frame) if cfg.method == "adatailr" else None
+        fit_metrics = {"trusted_tpr": fit.tpr, "trusted_fpr": fit.fpr}
+    scores = noise_scores(cfg.score, frame, fit)
+    return decide(cfg.method, list(frame["logprobs"]), cfg, seed, scores, level), fit_metrics
 
 
 def decision_table(annotations: pd.DataFrame, decision: Decision) -> pd.DataFrame:
@@ -98,15 +117,16 @@ def run(ctx: StageContext) -> StageOutput:
     cfg = ctx.settings.denoise
     annotations = ctx.read("annotate", "annotations")
     items = ctx.prompt_items()
-    logprobs = token_logprobs(annotations, items, ctx.llm, ctx.settings.data.max_signal_chars)
-    decision = decide(cfg.method, logprobs, cfg, ctx.settings.seed)
+    trusted = ctx.turn_slice("human", cfg.trusted_items) if cfg.score == "fitted" else items.iloc[0:0]
+    chars, seed = ctx.settings.data.max_signal_chars, ctx.settings.seed
+    decision, fit_metrics = noise_decision(cfg, annotations, items, trusted, ctx.llm, chars, seed)
     frame = decision_table(annotations, decision)
     if len(frame):
         figure = histogram(decision.noise_score, decision.threshold, cfg.method)
         ctx.mlrun.log_figure(figure, "noise_scores.png")
         plt.close(figure)
     dropped = int((~frame["kept"]).sum())
-    metrics = {"dropped": dropped, "kept": len(frame) - dropped, "gamma": decision.gamma}
+    metrics = {"dropped": dropped, "kept": len(frame) - dropped, "gamma": decision.gamma, **fit_metrics}
     if decision.noise_level is not None:
         metrics["noise_level"] = decision.noise_level
     if len(frame):

@@ -1,11 +1,13 @@
-"""Noise-control methods behind one interface: token log-probs of each annotation in, a decision out (a noise score
-per annotation, which ones to drop, and the TaiLr γ the kept ones train with; γ = 0 means plain MLE).
+"""Noise-control methods behind one interface: token log-probs of each annotation in (and the noise score to rank by,
+tasks/denoise/scores.py; default the mean token NLL), a decision out (a noise score per annotation, which ones to
+drop, and the TaiLr γ the kept ones train with; γ = 0 means plain MLE).
 
   none        keep everything, train with MLE (the noise score is recorded for information only)
   tailr       keep everything, train with TaiLr at a fixed γ (score: 1 − mean TaiLr weight)
   small_loss  drop the `drop_quantile` highest-loss annotations, MLE on the rest
   gmm         two-component Gaussian mixture on the losses (DivideMix-style); drop where P(high-loss) >= 0.5
-  adatailr    data-driven tail drop and γ (tasks/denoise/adatailr.py)
+  adatailr    data-driven tail drop and γ (tasks/denoise/adatailr.py); given a noise level measured against
+              trusted data (the fitted score's), it drops that share of the highest scores instead
 """
 
 from __future__ import annotations
@@ -39,24 +41,37 @@ def mean_nll(token_logprobs: list[np.ndarray]) -> np.ndarray:
     return np.array([-float(np.mean(lp)) for lp in token_logprobs])
 
 
-def decide(method: str, token_logprobs: list[np.ndarray], cfg: Denoise, seed: int) -> Decision:
-    nll = mean_nll(token_logprobs)
-    everything = np.ones(len(nll), dtype=bool)
+def decide(
+    method: str,
+    token_logprobs: list[np.ndarray],
+    cfg: Denoise,
+    seed: int,
+    score: np.ndarray | None = None,
+    noise_level: float | None = None,
+) -> Decision:
+    """`score` ranks the annotations (None: mean token NLL); `noise_level` is an ε̂ measured elsewhere."""
+    scores = mean_nll(token_logprobs) if score is None else np.asarray(score, dtype=float)
+    everything = np.ones(len(scores), dtype=bool)
     if method == "none":
-        return Decision(method, nll, everything, float("inf"), 0.0, None)
+        return Decision(method, scores, everything, float("inf"), 0.0, None)
     if method == "tailr":
         weights = np.array([tailr_weights(lp, cfg.gamma, cfg.min_weight).mean() for lp in token_logprobs])
         return Decision(method, 1.0 - weights, everything, float("inf"), cfg.gamma, None)
     if method == "small_loss":
-        if cfg.drop_quantile == 0 or len(nll) == 0:
-            return Decision(method, nll, everything, float("inf"), 0.0, None)
-        threshold = float(np.quantile(nll, 1.0 - cfg.drop_quantile, method="higher"))
-        return Decision(method, nll, nll < threshold, threshold, 0.0, None)
+        if cfg.drop_quantile == 0 or len(scores) == 0:
+            return Decision(method, scores, everything, float("inf"), 0.0, None)
+        threshold = float(np.quantile(scores, 1.0 - cfg.drop_quantile, method="higher"))
+        return Decision(method, scores, scores < threshold, threshold, 0.0, None)
     if method == "gmm":
-        return _gmm(nll, seed)
+        return _gmm(scores, seed)
+    if method == "adatailr" and noise_level is not None:
+        to_drop = min(len(scores), int(np.ceil(noise_level * len(scores))))
+        threshold = float(np.sort(scores)[::-1][to_drop - 1]) if to_drop else float("inf")
+        kept = scores < threshold
+        return Decision(method, scores, kept, threshold, adatailr.gamma_for(noise_level), noise_level)
     if method == "adatailr":
-        fit = adatailr.estimate(nll, cfg.level_z, cfg.tail_z)
-        return Decision(method, nll, nll < fit.threshold, fit.threshold, fit.gamma, fit.noise_level)
+        fit = adatailr.estimate(scores, cfg.level_z, cfg.tail_z)
+        return Decision(method, scores, scores < fit.threshold, fit.threshold, fit.gamma, fit.noise_level)
     raise ValueError(f"unknown noise-control method {method!r}; methods: {', '.join(METHODS)}")
 
 

@@ -2,9 +2,10 @@
 
 Input: JSONL in the project's item schema (tasks/ingest/ingest.py `ItemRecord`) with an optional `annotation` per
 line (default: the line's `title`). Each annotation is scored by the current `champion` given its item, through the
-project store's LLM-call cache, and the chosen noise-control method decides. Output: JSONL with item_id,
-annotation, method, noise_score, threshold, kept, reason, plus the run's gamma and noise_level; lines that could not
-be used go to `<out>.rejects.jsonl` with file, line and field.
+project store's LLM-call cache, and the chosen noise-control method decides (`denoise.score: fitted` fits on the
+project's human split: the first `denoise.trusted_items` human items of its data source). Output: JSONL with
+item_id, annotation, method, noise_score, threshold, kept, reason, plus the run's gamma and noise_level; lines that
+could not be used go to `<out>.rejects.jsonl` with file, line and field.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from stores import tracking
 from stores.registry import Registry, packaged_gguf
 from stores.store import Store
 from tasks.config import Settings
-from tasks.denoise.denoise import decision_table, token_logprobs
-from tasks.denoise.methods import decide
+from tasks.denoise.denoise import decision_table, noise_decision
 from tasks.errors import InputError
 from tasks.ingest.ingest import ItemRecord, ingest_jsonl
 
@@ -45,11 +45,12 @@ def score_file(settings: Settings, items_path: Path, out_path: Path, method: str
     experiment_id = tracking.configure(settings.path("mlflow"), settings.experiment)
     registry = Registry(settings.model.registry_name, experiment_id, settings.path("models"))
     model = registry.ensure_base(packaged_gguf(settings.model.gguf_package, settings.model.gguf_file))
+    trusted = human_split(settings) if cfg.score == "fitted" else items.iloc[0:0]
     with Store.open(settings.path("store")) as store:
-        logprobs = token_logprobs(
-            annotations, items, cached_llm(settings, store, model), settings.data.max_signal_chars
+        llm = cached_llm(settings, store, model)
+        decision, _ = noise_decision(
+            cfg, annotations, items, trusted, llm, settings.data.max_signal_chars, settings.seed
         )
-    decision = decide(cfg.method, logprobs, cfg, settings.seed)
     table = decision_table(annotations, decision).drop(columns="candidate")
     table = table.rename(columns={"caption": "annotation"}).assign(
         gamma=decision.gamma, noise_level=decision.noise_level, model=model.label
@@ -62,6 +63,16 @@ def score_file(settings: Settings, items_path: Path, out_path: Path, method: str
         "rejected": len(rejects),
         "gamma": decision.gamma,
     }
+
+
+def human_split(settings: Settings) -> pd.DataFrame:
+    """The project's first `denoise.trusted_items` human-split items (its data source ingested on demand, once)."""
+    from tasks.runner import run_stage
+
+    ingested = run_stage("ingest", settings, settings.turn)
+    with Store.open(settings.path("store")) as store:
+        items = store.read("items", ingested.batch_id)
+    return items[items["split"] == "human"].head(settings.denoise.trusted_items).reset_index(drop=True)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -101,3 +101,74 @@ def test_the_corruptor_is_seeded_and_labels_what_it_did():
     truncated = first[first["corruption"] == "truncate"]
     for _, row in truncated.iterrows():
         assert items.set_index("item_id").loc[row["item_id"], "title"].startswith(row["annotation"])
+
+
+def test_hard_corruptions_stay_fluent_titles_and_are_wrong():
+    titles = ["Graph neural networks for molecules", "BERT: pre-training of deep transformers", "Llama 2 explained"]
+    items = pd.DataFrame({"item_id": ["a", "b", "c"], "title": titles, "tags": [["x"], ["y"], ["z"]]})
+    neighbours = np.array([1, 2, 0])
+    swapped = corrupt(items, 1.0, seed=0, kinds=("neighbour",), neighbours=neighbours)
+    assert list(swapped["annotation"]) == [titles[1], titles[2], titles[0]]
+    detailed = corrupt(items, 1.0, seed=0, kinds=("detail",))
+    for title, annotation in zip(titles, detailed["annotation"]):
+        assert annotation != title and len(set(annotation.split()) & set(title.split())) >= 1  # one term replaced
+    assert detailed.loc[2, "annotation"] != titles[2] and "2" not in detailed.loc[2, "annotation"].split()
+    with pytest.raises(ValueError, match="nearest other item"):
+        corrupt(items, 0.5, seed=0, kinds=("neighbour",))
+
+
+def test_the_trusted_fit_estimates_the_noise_level_by_adjusted_count():
+    from tasks.denoise.scores import FEATURES, fit_trusted
+
+    rng = np.random.default_rng(0)
+
+    def pairs(right: int, wrong: int) -> pd.DataFrame:
+        # wrong pairs sit higher on pmi and content, overlapping the right ones (a classifier errs on both sides)
+        shift = np.r_[np.zeros(right), np.ones(wrong)][:, None] * np.array([0.0, 1.2, 1.2])
+        return pd.DataFrame(rng.normal(0.0, 1.0, (right + wrong, 3)) + shift, columns=FEATURES)
+
+    fit = fit_trusted(pairs(200, 200), np.r_[np.zeros(200), np.ones(200)], seed=0)
+    assert 0.6 < fit.tpr < 0.95 and 0.05 < fit.fpr < 0.4  # imperfect on purpose
+    for rate in (0.0, 0.1, 0.2, 0.4):
+        wrong = round(rate * 1000)
+        assert abs(fit.noise_level(pairs(1000 - wrong, wrong)) - rate) < 0.06
+    scores = fit.probability(pairs(100, 100))
+    assert scores[100:].mean() > scores[:100].mean() + 0.2
+
+
+def test_a_measured_noise_level_drops_that_share_of_the_highest_scores():
+    scores = np.arange(10, dtype=float)
+    decision = decide("adatailr", [np.zeros(3)] * 10, Denoise(), 0, score=scores, noise_level=0.3)
+    assert list(decision.kept) == [True] * 7 + [False] * 3
+    assert decision.gamma == pytest.approx(0.3 / 0.7) and decision.noise_level == 0.3
+    assert decide("adatailr", [np.zeros(3)] * 10, Denoise(), 0, score=scores, noise_level=0.0).kept.all()
+
+
+def test_every_noise_score_runs_on_the_real_model_and_the_fitted_one_reports_its_fit(backend, tmp_path):
+    from stores.llm_cache import LLMCallCache
+    from stores.registry import ModelRef
+    from stores.store import Store
+    from tasks.denoise import noise_decision
+    from tasks.llm.cached import CachedLLM
+
+    topics = ["graph neural networks", "dense retrieval", "knowledge graphs", "speech recognition", "protein folding"]
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{n}" for n in range(10)],
+            "title": [f"A survey of {topics[n % 5]} ({n})" for n in range(10)],
+            "abstract": [f"We review {topics[n % 5]}: methods, benchmarks and open problems." for n in range(10)],
+        }
+    )
+    trusted, scored = items.iloc[:5], items.iloc[5:]
+    captions = list(scored["title"][:-1]) + [items["title"][0]]  # the last one belongs to another item
+    annotations = pd.DataFrame({"item_id": scored["item_id"].values, "candidate": 0, "caption": captions})
+    model = ModelRef("flywheel-policy", 1, "fingerprint-for-test", tmp_path)
+    with Store.open(tmp_path / "s.duckdb") as store:
+        llm = CachedLLM(lambda ref: backend, LLMCallCache(store.con), model, progress=False)
+        for score in ("nll", "pmi", "content", "fitted"):
+            cfg = Denoise(score=score)
+            decision, fit = noise_decision(cfg, annotations, items, trusted, llm, 300, seed=0)
+            assert len(decision.noise_score) == 5 and np.isfinite(decision.noise_score).all()
+            assert set(fit) == ({"trusted_tpr", "trusted_fpr"} if score == "fitted" else set())
+        with pytest.raises(Exception, match="at least 4 human-split items"):
+            noise_decision(Denoise(score="fitted"), annotations, items, trusted.iloc[:2], llm, 300, seed=0)
