@@ -5,7 +5,7 @@ flywheel experiment FILE                    arms x turns from an experiment file
 flywheel stage NAME [--turn K]              one stage (what each dvc.yaml cmd runs)
 flywheel summary [--turn K]                 the summary of a finished turn, from the store
 flywheel setup                              register the packaged model as champion (done on first use anyway)
-flywheel denoise score --items F --out F    noise scores + keep/drop for any items file
+flywheel denoise score --items F --out F    noise scores + keep/drop for any items file [--method M] [--score S]
 flywheel rag eval --corpus F --queries F --qrels F --out F   DMQR-RAG on any BEIR-layout benchmark
 flywheel rag semanlink --out DIR            write the bundled Semanlink arXiv->tags benchmark in BEIR layout
 flywheel serve-local                        start Prefect + MLflow servers and the cpu/gpu workers (127.0.0.1)
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--items", type=Path, required=True, help="JSONL in the item schema, optional `annotation`")
     score.add_argument("--out", type=Path, required=True, help="JSONL with a noise score and a keep/drop per line")
     score.add_argument("--method", default=None, help="noise-control method (default: denoise.method in params)")
+    score.add_argument("--score", default=None, help="nll | pmi | content | fitted (default: denoise.score)")
     rag = commands.add_parser("rag", help="DMQR-RAG retrieval evaluation").add_subparsers(dest="action", required=True)
     rag_eval = rag.add_parser("eval", help="evaluate query-rewriting configs on a BEIR-layout benchmark")
     rag_eval.add_argument("--corpus", type=Path, required=True, help="corpus.jsonl: _id, title, text")
@@ -116,7 +117,7 @@ def _dispatch(args: argparse.Namespace) -> None:
     elif args.command == "denoise":
         from tasks.denoise.score_file import score_file
 
-        counts = score_file(settings, args.items, args.out, args.method)
+        counts = score_file(settings, args.items, args.out, args.method, args.score)
         print(
             f"{counts['scored']} scored, {counts['dropped']} dropped, {counts['rejected']} rejected lines; "
             f"gamma {counts['gamma']:.3f} -> {args.out}"

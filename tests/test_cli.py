@@ -81,6 +81,16 @@ def test_denoise_score_on_any_items_file(tmp_path, capsys):
     [reject] = [json.loads(line) for line in out.with_suffix(".rejects.jsonl").read_text().splitlines()]
     assert "items.jsonl line 5" in reject["reason"] and "field title" in reject["reason"]
 
+    params = write_params(tmp_path, {"denoise": {"trusted_items": 6}})  # the fit's trusted pairs: the project's own
+    assert (
+        main(
+            ["--params", str(params), "denoise", "score", "--items", str(items), "--out", str(out), "--score", "fitted"]
+        )
+        == 0
+    )
+    fitted = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(0.0 <= r["noise_score"] <= 1.0 for r in fitted)  # P(wrong) from the trusted fit
+
 
 def test_rag_eval_on_a_small_beir_benchmark(tmp_path, capsys):
     """The packaged model rewrites two queries with every strategy; every config gets all five metrics."""

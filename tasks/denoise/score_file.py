@@ -1,4 +1,4 @@
-"""Noise scores for any items file: `flywheel denoise score --items FILE --out FILE [--method M]`.
+"""Noise scores for any items file: `flywheel denoise score --items FILE --out FILE [--method M] [--score S]`.
 
 Input: JSONL in the project's item schema (tasks/ingest/ingest.py `ItemRecord`) with an optional `annotation` per
 line (default: the line's `title`). Each annotation is scored by the current `champion` given its item, through the
@@ -19,7 +19,7 @@ import pandas as pd
 from stores import tracking
 from stores.registry import Registry, packaged_gguf
 from stores.store import Store
-from tasks.config import Settings
+from tasks.config import Denoise, Settings
 from tasks.denoise.denoise import decision_table, noise_decision
 from tasks.errors import InputError
 from tasks.ingest.ingest import ItemRecord, ingest_jsonl
@@ -29,13 +29,16 @@ class AnnotatedItem(ItemRecord):
     annotation: str | None = None
 
 
-def score_file(settings: Settings, items_path: Path, out_path: Path, method: str | None = None) -> dict:
+def score_file(
+    settings: Settings, items_path: Path, out_path: Path, method: str | None = None, score: str | None = None
+) -> dict:
     if not items_path.is_file():
         raise InputError(f"{items_path}: not a file")
     records, rejects = ingest_jsonl(items_path, AnnotatedItem)
     if not records:
         raise InputError(f"{items_path}: no valid items ({len(rejects)} lines rejected)")
-    cfg = settings.denoise if method is None else settings.denoise.model_copy(update={"method": method})
+    chosen = {"method": method, "score": score}
+    cfg = Denoise.model_validate(settings.denoise.model_dump() | {k: v for k, v in chosen.items() if v is not None})
     items = pd.DataFrame(records)
     annotations = pd.DataFrame(
         {"item_id": items["item_id"], "candidate": 0, "caption": items["annotation"].fillna(items["title"])}
