@@ -81,8 +81,12 @@ def start_services(settings: Settings) -> Services:
     return services
 
 
+# A service's log is a file, not a terminal: it keeps the INFO lines a quiet CLI holds back (stores/env.py).
+SERVICE_LOG_ENV = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO", "MLFLOW_LOGGING_LEVEL": "INFO"}
+
+
 def _start(name: str, command: list[str], logs: Path, env: dict[str, str]) -> int:
-    return start_in_group(command, logs / f"{name}.log", env).pid
+    return start_in_group(command, logs / f"{name}.log", {**SERVICE_LOG_ENV, **env}).pid
 
 
 def stop_services(services: Services) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -51,6 +52,7 @@ def test_a_triggered_deployment_runs_each_stage_on_its_pool(tmp_path):
         triggered = _flywheel(params, "trigger")
         assert triggered.returncode == 0, triggered.stderr[-3000:]
         assert "held-out" in triggered.stdout.lower()
+        assert "INFO" in Path(services.logs, "gpu-pool.log").read_text()  # service logs keep what the CLI holds back
 
         runs = httpx.post(f"{api}/flow_runs/filter", json={"flows": {"name": {"any_": ["flywheel-stage"]}}}).json()
         pools = {run["parameters"]["name"]: run["work_pool_name"] for run in runs}
