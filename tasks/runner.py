@@ -71,7 +71,7 @@ class StageResult:
         elif self.cached:
             state = "cached"
         else:
-            state = f"{self.seconds:.1f} s, {self.llm_calls} model calls"
+            state = f"{self.seconds:.1f} s, {self.llm_calls} LLM calls"
         quarantined = f", {self.quarantined} quarantined" if self.quarantined else ""
         return f"{self.stage:<10} turn {self.turn}: {self.rows_in} in, {self.rows_out} out{quarantined} [{state}]"
 
