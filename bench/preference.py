@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--heldout", type=int, default=48, help="scoreboard items")
     parser.add_argument("--heldout-pairs", type=int, default=24)
     parser.add_argument("--turn1-items", type=int, default=32, help="items annotated for the turn-1 SFT that makes v2")
+    parser.add_argument("--context-docs", type=int, default=None, help="0: no retrieved context (default: params)")
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench" / "preference")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "preference.json")
     parser.add_argument("--mlflow-dir", type=Path, default=REPO / "mlflow", help="local MLflow backend to log to")
@@ -136,7 +137,8 @@ def _params(args, name: str, collection: dict, dpo: dict, sft_steps: int):
             "evaluate": {"items": args.heldout},
             "annotate": {"items_per_turn": args.turn1_items if name == "turn1" else 8},  # turn 2 trains no SFT
             "data": {"probe_items": 0},  # the dataset-quality probe measures nothing this bench compares
-        },
+        }
+        | ({} if args.context_docs is None else {"context": {"docs": args.context_docs}}),
     )
 
 

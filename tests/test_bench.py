@@ -76,7 +76,7 @@ def test_performance_benches_run_and_report_their_ratios(tmp_path, bench, args):
 QUALITY_BENCHES = {
     "preference": [
         "--methods", "plain", "tso", "--prompts", "2", "--dpo-steps", "1", "--sft-steps", "1",
-        "--heldout", "2", "--heldout-pairs", "2", "--turn1-items", "4",
+        "--heldout", "2", "--heldout-pairs", "2", "--turn1-items", "4", "--context-docs", "0",
     ],
     "retrieval": ["--limit", "3", "--fusion", "rrf"],
     "turn": ["--train-items", "2", "--heldout-items", "2", "--context-docs", "0", "--probe-items", "0"],
