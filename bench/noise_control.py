@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+from functools import lru_cache
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,8 +74,12 @@ def main(argv: list[str] | None = None) -> dict:
     with Store.open(work / "noise_control.duckdb") as store:
         cache = LLMCallCache(store.con)
 
+        @lru_cache(maxsize=2)  # one loaded model per scorer, not one per client
+        def backend(path: Path):
+            return TransformersBackend(path, settings.model.batch_size)
+
         def llm(model):
-            return CachedLLM(lambda ref: TransformersBackend(ref.path, settings.model.batch_size), cache, model)
+            return CachedLLM(lambda ref: backend(ref.path), cache, model)
 
         detection = _detection(items, trusted_split, models, llm, settings, args.rates)
         downstream = (
