@@ -15,7 +15,7 @@ export GX_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup run test test-slow bench experiment repro ui clean vllm
+.PHONY: setup run test test-slow bench experiment repro ui clean vllm browser
 
 setup: $(STAMP)
 
@@ -43,8 +43,15 @@ $(VLLM_VENV)/.flywheel-installed:
 run: setup
 	$(BIN)/flywheel run --turns 1
 
-test: setup vllm
+test: setup vllm browser
 	$(BIN)/pytest
+
+# Headless Chromium for the UI test (tests/test_deployments.py): Debian's package, installed when this is root with
+# apt-get (about two minutes); elsewhere that one test skips and says so.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "no chromium: the browser test will skip (install Debian's chromium package to run it)"
 
 test-slow: setup vllm
 	$(BIN)/pytest -m slow -s
@@ -57,6 +64,7 @@ bench: setup vllm
 
 repro: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+	$(BIN)/flywheel publish
 
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow)/mlflow.db --host 127.0.0.1 --port 5000

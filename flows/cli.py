@@ -4,6 +4,9 @@ flywheel run [--turns N] [--first-turn K]   N turns through the Prefect flow (fr
 flywheel experiment FILE                    arms x turns from an experiment file, then the comparison report
 flywheel stage NAME [--turn K]              one stage (what each dvc.yaml cmd runs)
 flywheel summary [--turn K]                 the summary of a finished turn, from the store
+flywheel publish [--turn K]                 a finished turn's data as a DVC version, pushed (after `dvc repro`)
+flywheel checkout --turn K                  restore turn K's published data folder from the DVC cache or remote
+flywheel export --turn K --out DIR          turn K's SFT/DPO training sets as a Hugging Face dataset with its card
 flywheel setup                              register the packaged model as champion (done on first use anyway)
 flywheel denoise score --items F --out F    noise scores + keep/drop for any items file [--method M] [--score S]
 flywheel rag eval --corpus F --queries F --qrels F --out F   DMQR-RAG on any BEIR-layout benchmark
@@ -43,6 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     stage.add_argument("--turn", type=int, default=None, help="default: `turn` in the params file")
     summary = commands.add_parser("summary", help="print the summary of a finished turn")
     summary.add_argument("--turn", type=int, default=1)
+    publish = commands.add_parser("publish", help="version a finished turn's data with DVC and push it")
+    publish.add_argument("--turn", type=int, default=None, help="default: `turn` in the params file")
+    checkout = commands.add_parser("checkout", help="restore a published turn's data folder, byte for byte")
+    checkout.add_argument("--turn", type=int, required=True)
+    export = commands.add_parser("export", help="write a turn's training sets as a Hugging Face dataset folder")
+    export.add_argument("--turn", type=int, required=True)
+    export.add_argument("--out", type=Path, required=True, help="folder for sft.parquet, dpo.parquet, README.md")
+    export.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="also upload it (needs network, token)")
     commands.add_parser("setup", help="register the packaged base model (idempotent)")
     denoise = commands.add_parser("denoise", help="noise control on any items file").add_subparsers(
         dest="action", required=True
@@ -93,11 +104,12 @@ def _dispatch(args: argparse.Namespace) -> None:
     ui = tracking.ui_command(settings.path("mlflow"))
     if args.command == "run":
         from flows.turn import flywheel
+        from tasks.publish import version_note
 
         started = time.perf_counter()
         turns = flywheel(turns=args.turns, first_turn=args.first_turn, params=str(Path(args.params).resolve()))
         for results in turns:
-            print_turn(results, ui)
+            print_turn(results, ui, version_note(settings, results[-1]["turn"]))
         done = ", ".join(str(results[-1]["turn"]) for results in turns)
         print(f"turn(s) {done} in {time.perf_counter() - started:.0f} s")
     elif args.command == "experiment":
@@ -111,9 +123,24 @@ def _dispatch(args: argparse.Namespace) -> None:
 
         print(run_stage(args.name, settings, args.turn or settings.turn).line())
     elif args.command == "summary":
+        from tasks.publish import version_note
         from tasks.runner import recorded_turn
 
-        print_turn(recorded_turn(settings, args.turn), ui)
+        print_turn(recorded_turn(settings, args.turn), ui, version_note(settings, args.turn))
+    elif args.command == "publish":
+        from tasks.publish import publish_turn
+
+        print(publish_turn(settings, args.turn or settings.turn).line())
+    elif args.command == "checkout":
+        from tasks.publish import checkout_turn
+
+        version = checkout_turn(settings, args.turn)
+        folder = version.dvc_file.removesuffix(".dvc")
+        print(f"turn {args.turn}: {folder} restored ({version.md5}, {version.files} files)")
+    elif args.command == "export":
+        from tasks.publish import export_dataset
+
+        print(export_dataset(settings, args.turn, args.out, args.push_to_hub))
     elif args.command == "denoise":
         from tasks.denoise.score_file import score_file
 
@@ -172,9 +199,11 @@ def _services_command(args: argparse.Namespace, settings) -> None:
         from flows.deploy import trigger
         from flows.summary import print_turn
         from stores import tracking
+        from tasks.publish import version_note
 
+        ui = tracking.ui_command(settings.path("mlflow"))
         for results in trigger(args.turns):
-            print_turn(results, tracking.ui_command(settings.path("mlflow")))
+            print_turn(results, ui, version_note(settings, results[-1]["turn"]))
 
 
 if __name__ == "__main__":

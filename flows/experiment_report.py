@@ -78,6 +78,9 @@ def report_rows(spec: ExperimentSpec, arms: dict[str, Settings]) -> pd.DataFrame
                 row |= {q: found.get(q) for q in QUALITY}
                 row["dropped"] = stages["denoise"]["metrics"].get("dropped")
                 row["seconds"] = sum(r["seconds"] for r in stages.values())
+                usage = [r["summary"].get("usage", {}) for r in stages.values()]
+                for key in ("prompt_tokens", "completion_tokens", "model_seconds"):
+                    row[key] = sum(u.get(key, 0) for u in usage)
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -97,7 +100,7 @@ def markdown(spec: ExperimentSpec, rows: pd.DataFrame) -> str:
     header = (
         "| turn | arm | ROUGE-L | MiniLM | Δ ROUGE-L vs base [95% CI] | Δ ROUGE-L vs "
         f"{spec.baseline} [95% CI] | Δ MiniLM vs {spec.baseline} [95% CI] | promoted | probe ROUGE-L | "
-        "annotations ROUGE-L all / kept / dropped | s |"
+        "annotations ROUGE-L all / kept / dropped | tokens in / out (k) | model s | s |"
     )
     lines = [
         f"# Experiment `{spec.name}`: {rows['arm'].nunique()} arms × {int(rows['turn'].max())} turns",
@@ -122,6 +125,10 @@ def markdown(spec: ExperimentSpec, rows: pd.DataFrame) -> str:
             promoted,
             _number(row.get("probe_rouge_l")),
             quality if row["turn"] else "",
+            f"{_number(row.get('prompt_tokens', 0) / 1e3, 1)} / {_number(row.get('completion_tokens', 0) / 1e3, 1)}"
+            if row["turn"]
+            else "",
+            _number(row.get("model_seconds"), 0),
             _number(row.get("seconds"), 0),
         ]
         lines.append("| " + " | ".join(cells) + " |")

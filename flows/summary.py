@@ -8,6 +8,8 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from tasks.llm.cached import USAGE_COLUMNS
+
 
 def _note(stage: str, m: dict, summary: dict) -> str:
     if stage == "ingest":
@@ -48,7 +50,26 @@ def _note(stage: str, m: dict, summary: dict) -> str:
     return ""
 
 
-def print_turn(results: list[dict], ui_command: str, console: Console | None = None) -> None:
+def model_work_table(results: list[dict]) -> Table:
+    """Tokens, calls, cache hits and model-seconds per model stage and for the turn, as recorded when each stage ran
+    (a stage found in the store now did that work then): what a cost estimate before scaling out starts from."""
+    table = Table(title="Model work (as recorded when each stage ran)", title_justify="left")
+    table.add_column("stage")
+    for column in USAGE_COLUMNS:
+        table.add_column(column.replace("_", " "), justify="right")
+    used = [(r["stage"], r["summary"].get("usage", {})) for r in results]
+    used = [(stage, usage) for stage, usage in used if usage.get("requests")]
+    total = {column: sum(usage.get(column, 0) for _, usage in used) for column in USAGE_COLUMNS}
+    for stage, usage in used:
+        table.add_row(stage, *(f"{usage.get(c, 0):.0f}" for c in USAGE_COLUMNS))
+    table.add_section()
+    table.add_row("turn", *(f"{total[c]:.0f}" for c in USAGE_COLUMNS))
+    return table
+
+
+def print_turn(
+    results: list[dict], ui_command: str, data_version: str | None = None, console: Console | None = None
+) -> None:
     console = console or Console(width=None if sys.stdout.isatty() else 140)
     turn = results[-1]["turn"]
     stages = Table(title=f"Flywheel turn {turn}", title_justify="left")
@@ -66,6 +87,8 @@ def print_turn(results: list[dict], ui_command: str, console: Console | None = N
             _note(r["stage"], r["metrics"], r["summary"]),
         )
     console.print(stages)
+    if any(r["summary"].get("usage") for r in results):  # turns recorded before the accounting have none
+        console.print(model_work_table(results))
 
     evaluation = next(r for r in results if r["stage"] == "evaluate")
     m, s = evaluation["metrics"], evaluation["summary"]
@@ -85,4 +108,6 @@ def print_turn(results: list[dict], ui_command: str, console: Console | None = N
     console.print(
         f"Candidate v{promotion['candidate_version']} {verdict} ({promotion['metric']}): {promotion['reason']}"
     )
+    if data_version:
+        console.print(data_version)
     console.print(f"MLflow UI: {ui_command}")

@@ -4,9 +4,10 @@ stage NAME` and the `dvc.yaml` cmds, so the three ways to run a stage cannot dri
 
 Run: `flywheel run --turns 1` (or `python -m flows.turn`). Without PREFECT_API_URL Prefect runs in ephemeral mode
 (no server to start); with it, runs are recorded on that server. Stages that generate, score or train are tagged
-`gpu`, the rest `cpu`, for work-pool routing; a model stage whose server failed is retried with backoff. Prefect's
-own task cache is off: the store records finished batches, so a rerun or a resumed turn skips finished stages
-without a model call. A turn holds the store's run lock (stores/lock.py): two turns on one store never interleave.
+`gpu`, the rest `cpu`, for work-pool routing; a model stage whose server failed is retried with backoff. After the
+last stage the turn's data is published as a DVC version (tasks/publish). Prefect's own task cache is off: the store
+records finished batches, so a rerun or a resumed turn skips finished stages without a model call. A turn holds the
+store's run lock (stores/lock.py): two turns on one store never interleave.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from prefect.tasks import exponential_backoff
 from stores.lock import run_lock
 from tasks.config import load_settings
 from tasks.errors import FlywheelError, ModelServerError
+from tasks.publish import DataVersion, publish_turn
 from tasks.runner import STAGES, StageResult, next_turn, run_stage
 
 MODEL_SERVER_RETRIES = 2  # a stage whose model server failed (after its own request retries) is retried this often
@@ -52,6 +54,14 @@ def _stage_task(name: str):
 
 
 STAGE_TASKS = {name: _stage_task(name) for name in STAGES}
+
+
+@task(name="publish", tags=["cpu"], cache_policy=NO_CACHE)
+def publish(params: str, turn: int, overrides: dict | None = None) -> dict:
+    """The finished turn's data as a DVC version pushed to the remote (tasks/publish), in the flow's process."""
+    return asdict(publish_turn(load_settings(params, overrides), turn))
+
+
 Dispatch = Literal["local", "deployments"]
 
 
@@ -91,6 +101,7 @@ def flywheel_turn(
                 result = STAGE_TASKS[name](params, turn, overrides)
             print(StageResult(**result).line(), flush=True)
             results.append(result)
+        print(DataVersion(**publish(params, turn, overrides)).line(), flush=True)
         return results
 
 

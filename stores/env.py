@@ -28,6 +28,7 @@ OFFLINE_ENV = {
 # advisories; Prefect logs still reach its API and UI, only its console echo is held back to warnings.
 QUIET_ENV = {
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # also transformers' "Loading weights" bar at every model load
     "TRANSFORMERS_VERBOSITY": "error",
     "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
     "MLFLOW_LOGGING_LEVEL": "WARNING",

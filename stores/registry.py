@@ -126,6 +126,10 @@ class Registry:
         found = self.client.get_model_version_by_alias(self.name, CHAMPION)
         return ModelRef(self.name, int(found.version), found.tags["fingerprint"], self._local(found))
 
+    def tag_version(self, version: int, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.name, str(version), key, value)
+
     def set_alias(self, alias: str, version: int) -> None:
         self.client.set_registered_model_alias(self.name, alias, str(version))
 

@@ -33,6 +33,10 @@ _SYSTEM_DDL = (
     """CREATE TABLE IF NOT EXISTS turn_starts (
         lineage VARCHAR NOT NULL, turn INTEGER NOT NULL, start_model_version INTEGER NOT NULL,
         created_at TIMESTAMP NOT NULL, PRIMARY KEY (lineage, turn))""",
+    """CREATE TABLE IF NOT EXISTS data_versions (
+        lineage VARCHAR NOT NULL, turn INTEGER NOT NULL, batch_id VARCHAR NOT NULL, md5 VARCHAR NOT NULL,
+        dvc_file VARCHAR NOT NULL, dvc_text VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (lineage, turn, batch_id))""",
 )
 # Stores made before turns were keyed by model lineage kept them in `turns`, all under the default registry name.
 _LEGACY_TURNS = (
@@ -218,6 +222,20 @@ class Store:
     def record_turn_start(self, lineage: str, turn: int, model_version: int) -> None:
         query = "INSERT OR IGNORE INTO turn_starts VALUES (?, ?, ?, ?)"
         self.con.execute(query, [lineage, turn, model_version, utc_now()])
+
+    # A data version is a finished turn's DVC-tracked snapshot (tasks/publish): keyed by the turn's promote batch.
+    def record_data_version(self, lineage: str, turn: int, batch_id: str, md5: str, dvc_file: str, text: str) -> None:
+        query = "INSERT OR IGNORE INTO data_versions VALUES (?, ?, ?, ?, ?, ?, ?)"
+        self.con.execute(query, [lineage, turn, batch_id, md5, dvc_file, text, utc_now()])
+
+    def data_version(self, lineage: str, turn: int, batch_id: str | None = None) -> tuple[str, str, str] | None:
+        """(md5, .dvc file relative to the project, its text) of the turn's snapshot for that promote batch, or
+        (batch_id None) the turn's latest snapshot; None if not recorded."""
+        query = (
+            "SELECT md5, dvc_file, dvc_text FROM data_versions WHERE lineage = ? AND turn = ? "
+            "AND (batch_id = ? OR ? IS NULL) ORDER BY created_at DESC LIMIT 1"
+        )
+        return self.con.execute(query, [lineage, turn, batch_id, batch_id]).fetchone()
 
     def export_parquet(self, table: str, batch_id: str, path: Path) -> None:
         """Write one batch of a table to Parquet atomically (temp file + rename)."""

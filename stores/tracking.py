@@ -20,6 +20,8 @@ import mlflow
 from mlflow import MlflowClient
 
 TURN_KEY_TAG = "flywheel.turn_key"
+# MLflow 3's UI opens an experiment without this kind on its GenAI overview (traces, empty here), with it on the runs
+EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
 HISTORY_TAG = "flywheel.history"
 # What the user asked for, read before anything calls mlflow.set_tracking_uri (which writes this variable too).
 _USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
@@ -35,9 +37,12 @@ def configure(mlflow_dir: Path, experiment: str) -> str:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
+        if found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_DEVELOPMENT:
+            MlflowClient().set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
         return found.experiment_id
     artifacts = (mlflow_dir / "artifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
-    return mlflow.create_experiment(experiment, artifact_location=artifacts)
+    tags = {EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT}
+    return mlflow.create_experiment(experiment, artifact_location=artifacts, tags=tags)
 
 
 def _create_sqlite_backend(db: Path) -> None:

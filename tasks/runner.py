@@ -33,7 +33,7 @@ from tasks.errors import FlywheelError, StoreError
 from tasks.evaluate import PROMOTE_STAGE as PROMOTE
 from tasks.evaluate import STAGE as EVALUATE
 from tasks.ingest import STAGE as INGEST
-from tasks.llm.cached import CachedLLM
+from tasks.llm.cached import CachedLLM, Usage
 from tasks.preference import STAGE as PREFERENCE
 from tasks.retrain import STAGE as RETRAIN
 from tasks.rewrite import STAGE as REWRITE
@@ -104,7 +104,7 @@ def cached_llm(settings: Settings, store: Store, model: ModelRef) -> CachedLLM:
         lambda ref: _backend(settings, ref),
         LLMCallCache(store.con),
         model,
-        progress=os.environ.get("FLYWHEEL_PROGRESS", "1") == "1",
+        progress={"1": True, "0": False}.get(os.environ.get("FLYWHEEL_PROGRESS", "")),  # unset: on a terminal
         engine=engine_name(settings),
     )
 
@@ -285,7 +285,8 @@ class _Run:
             seconds = time.perf_counter() - started
             model_label = self.start_model.label if self.start_model else "none"
             lineage = Lineage(name, model_label, parent, params_hash, batch_id)
-            calls = sum(client.calls for client in self.clients)
+            usage = sum((client.usage for client in self.clients), Usage())
+            calls = usage.calls
             rows_out = quarantined = 0
             with self.store.transaction():
                 for spec in self.stage.outputs:
@@ -304,14 +305,15 @@ class _Run:
                     rows_out,
                     quarantined,
                     seconds,
-                    {"metrics": output.metrics, "llm_calls": calls, **output.summary},
+                    {"metrics": output.metrics, "llm_calls": calls, "usage": asdict(usage), **output.summary},
                 )
                 self.store.record_stage_run(record)
             mlrun.log_params(
                 {f"{s}.{k}": v for s in self.stage.sections for k, v in _flat(getattr(self.settings, s)).items()}
             )
             counts = {"rows_in": output.rows_in, "rows_out": rows_out, "quarantined": quarantined}
-            mlrun.log_metrics({**counts, "seconds": seconds, "llm_calls": calls, **output.metrics})
+            model_work = {f"llm_{name}": value for name, value in asdict(usage).items()}
+            mlrun.log_metrics({**counts, "seconds": seconds, **model_work, **output.metrics})
         return record, calls
 
 

@@ -68,8 +68,7 @@ class StageContext:
         items = self.read("ingest", "items")
         if "context" not in self.upstream:
             return items
-        contexts = self.read("context", "contexts")[["item_id", "related_titles"]]
-        return items.merge(contexts.rename(columns={"related_titles": "context"}), on="item_id", how="left")
+        return with_context(items, self.read("context", "contexts"))
 
     def items(self, split: str) -> pd.DataFrame:
         """Items of one split (with their context) in a fixed, seeded order (the same order every turn)."""
@@ -103,3 +102,9 @@ def seeded_order(items: pd.DataFrame, seed: int) -> pd.DataFrame:
 def derive_seed(*parts) -> int:
     """A per-call seed from the run seed and the call's identity (stage, item, candidate...)."""
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:4], "big")
+
+
+def with_context(items: pd.DataFrame, contexts: pd.DataFrame) -> pd.DataFrame:
+    """Items with their retrieved related titles as `context`, the column caption prompts read."""
+    related = contexts[["item_id", "related_titles"]].rename(columns={"related_titles": "context"})
+    return items.merge(related, on="item_id", how="left")

@@ -3,6 +3,8 @@ repository's converted-model cache."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -45,3 +47,15 @@ def write_params(folder: Path, overrides: dict | None = None) -> Path:
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+def git_checkout(folder: Path) -> None:
+    """Make `folder` look like a user's clone: the code, dvc.yaml, .dvc config and ignore files, committed to git
+    (a test in `dvc init --no-scm` once hid that dvc.lock was git-ignored)."""
+    for name in ("tasks", "stores", "flows", "labels", ".dvc"):
+        shutil.copytree(REPO / name, folder / name, ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp"))
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(REPO / name, folder / name)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "project"]):
+        subprocess.run(git + args, cwd=folder, check=True, capture_output=True)

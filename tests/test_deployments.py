@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests import browser
 from tests.project import REPO, write_params
 
 pytestmark = pytest.mark.integration
@@ -22,54 +23,93 @@ def _flywheel(params, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1500)
 
 
-def test_a_triggered_deployment_runs_each_stage_on_its_pool(tmp_path):
-    from flows.services import load_services
-    from mlflow import MlflowClient
-    from stores.processes import is_running
-    from stores.store import Store
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """serve-local, deploy (with a schedule) and trigger one tiny turn; the services are stopped by PID after the
+    module's tests, and the test below checks they are gone."""
+    from flows.services import load_services, services_file
     from tasks.config import load_settings
-    from tasks.runner import STAGES
 
-    # Routing is what this test proves: the preference and rewrite stages still run on their pool, recording empty
+    # Routing is what this proves: the preference and rewrite stages still run on their pool, recording empty
     # tables (their model work is tested in-process by tests/test_turn.py), so each stage process stays short.
     lean = {"context": {"docs": 0}, "skip": ["preference", "rewrite"], "retrain": {"dpo": {"max_steps": 0}}}
-    params = write_params(tmp_path, lean)
+    params = write_params(tmp_path_factory.mktemp("deployed"), lean)
     settings = load_settings(params)
     served = _flywheel(params, "serve-local")
     assert served.returncode == 0, served.stderr
     services = load_services(settings)
     try:
-        assert "Prefect UI: http://127.0.0.1:" in served.stdout and "MLflow UI:  http://127.0.0.1:" in served.stdout
         deployed = _flywheel(params, "deploy", "--cron", "0 3 * * *")
         assert deployed.returncode == 0, deployed.stderr
-        api = services.prefect_api_url
-        ui_settings = httpx.get(f"{api.removesuffix('/api')}/ui-settings").json()
-        assert ui_settings["api_url"] == api  # the UI on a free port calls its own server, not :4200
-        scheduled = httpx.get(f"{api}/deployments/name/flywheel/scheduled").json()
-        assert scheduled["work_pool_name"] == "cpu-pool"
-        assert [s["schedule"]["cron"] for s in scheduled["schedules"]] == ["0 3 * * *"]
-
         triggered = _flywheel(params, "trigger")
         assert triggered.returncode == 0, triggered.stderr[-3000:]
-        assert "held-out" in triggered.stdout.lower()
-        assert "INFO" in Path(services.logs, "gpu-pool.log").read_text()  # service logs keep what the CLI holds back
-
-        runs = httpx.post(f"{api}/flow_runs/filter", json={"flows": {"name": {"any_": ["flywheel-stage"]}}}).json()
-        pools = {run["parameters"]["name"]: run["work_pool_name"] for run in runs}
-        assert all(run["state"]["type"] == "COMPLETED" for run in runs)
-        assert pools == {name: "gpu-pool" if stage.uses_model else "cpu-pool" for name, stage in STAGES.items()}
-
-        mlflow = MlflowClient(tracking_uri=services.mlflow_url)
-        versions = mlflow.search_model_versions("name = 'flywheel-policy'")
-        assert sorted(int(v.version) for v in versions) == [1, 2]
-        experiment = mlflow.get_experiment_by_name("flywheel").experiment_id
-        assert len(mlflow.search_runs([experiment], "tags.`flywheel.stage` = 'retrain'")) == 1
-        (curve,) = mlflow.search_runs([experiment], "tags.`flywheel.history` = 'true'")  # the UI's per-turn curve
-        assert [m.step for m in mlflow.get_metric_history(curve.info.run_id, "heldout_candidate_rouge_l")] == [1]
+        yield params, settings, services, served.stdout, triggered.stdout
     finally:
-        assert _flywheel(params, "stop").returncode == 0
-    assert not any(is_running(pid) for pid in services.pids.values())
+        if services_file(settings).exists():  # not stopped by the last test (e.g. run alone)
+            _flywheel(params, "stop")
+
+
+def test_a_triggered_deployment_runs_each_stage_on_its_pool(deployed):
+    from mlflow import MlflowClient
+    from stores.store import Store
+    from tasks.runner import STAGES
+
+    params, settings, services, served, triggered = deployed
+    assert "Prefect UI: http://127.0.0.1:" in served and "MLflow UI:  http://127.0.0.1:" in served
+    api = services.prefect_api_url
+    ui_settings = httpx.get(f"{api.removesuffix('/api')}/ui-settings").json()
+    assert ui_settings["api_url"] == api  # the UI on a free port calls its own server, not :4200
+    scheduled = httpx.get(f"{api}/deployments/name/flywheel/scheduled").json()
+    assert scheduled["work_pool_name"] == "cpu-pool"
+    assert [s["schedule"]["cron"] for s in scheduled["schedules"]] == ["0 3 * * *"]
+    assert "held-out" in triggered.lower()
+    assert "INFO" in Path(services.logs, "gpu-pool.log").read_text()  # service logs keep what the CLI holds back
+
+    runs = httpx.post(f"{api}/flow_runs/filter", json={"flows": {"name": {"any_": ["flywheel-stage"]}}}).json()
+    pools = {run["parameters"]["name"]: run["work_pool_name"] for run in runs}
+    assert all(run["state"]["type"] == "COMPLETED" for run in runs)
+    assert pools == {name: "gpu-pool" if stage.uses_model else "cpu-pool" for name, stage in STAGES.items()}
+
+    mlflow = MlflowClient(tracking_uri=services.mlflow_url)
+    versions = mlflow.search_model_versions("name = 'flywheel-policy'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    assert next(v for v in versions if v.version == "2").tags["data.turn"] == "1"  # published by the turn
+    experiment = mlflow.get_experiment_by_name("flywheel").experiment_id
+    assert len(mlflow.search_runs([experiment], "tags.`flywheel.stage` = 'retrain'")) == 1
+    (curve,) = mlflow.search_runs([experiment], "tags.`flywheel.history` = 'true'")  # the UI's per-turn curve
+    assert [m.step for m in mlflow.get_metric_history(curve.info.run_id, "heldout_candidate_rouge_l")] == [1]
 
     with Store.open(settings.path("store")) as store:
         stages = {row[0] for row in store.con.execute("SELECT stage FROM stage_runs").fetchall()}
         assert stages == set(STAGES) and len(store.read("annotations")) == 8
+
+
+def test_both_uis_show_in_a_real_browser_what_the_turn_made(deployed):
+    """Headless Chromium on the URLs serve-local printed: the Prefect deployments and work pools, the MLflow
+    experiment (on its runs, with the per-turn curve) and the registered model with its champion alias."""
+    from mlflow import MlflowClient
+
+    if browser.chromium() is None:
+        pytest.skip("no chromium: `make browser` installs Debian's package")
+    _, _, services, _, _ = deployed
+    prefect_ui = services.prefect_api_url.removesuffix("/api")
+    deployments = browser.page_text(f"{prefect_ui}/deployments", "prefect-deployments")
+    assert "Create a deployment to get started" not in deployments
+    assert all(name in deployments for name in ("scheduled", "gpu", "cpu")), deployments[:2000]
+    pools = browser.page_text(f"{prefect_ui}/work-pools", "prefect-work-pools")
+    assert "Can't connect to Server API" not in pools
+    assert "cpu-pool" in pools and "gpu-pool" in pools, pools[:2000]
+
+    experiment = MlflowClient(tracking_uri=services.mlflow_url).get_experiment_by_name("flywheel").experiment_id
+    runs = browser.page_text(f"{services.mlflow_url}/#/experiments/{experiment}", "mlflow-experiment")
+    assert "turn-1" in runs and "flywheel-curve" in runs, runs[:2000]  # opens on the runs, not the GenAI overview
+    model = browser.page_text(f"{services.mlflow_url}/#/models/flywheel-policy", "mlflow-model")
+    assert "champion" in model and "Version 2" in model, model[:2000]
+
+
+def test_the_services_are_stopped_by_pid(deployed):
+    from stores.processes import is_running
+
+    params, _, services, _, _ = deployed
+    assert _flywheel(params, "stop").returncode == 0
+    assert not any(is_running(pid) for pid in services.pids.values())

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.project import REPO, write_params
+from tests.project import git_checkout, write_params
 
 pytestmark = pytest.mark.integration
 
@@ -28,6 +28,7 @@ def turn(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("project")
     params = write_params(folder)
+    git_checkout(folder)  # where users run it: a git clone with the project's DVC config
     results = flywheel(turns=1, params=str(params))[0]
     return load_settings(params), results
 
@@ -183,16 +184,12 @@ def test_the_cli_summary_of_the_finished_turn(turn, capsys):
 
 
 def test_dvc_repro_reuses_the_turn_and_a_param_change_reruns_only_its_dependents(turn):
-    """In a git checkout, as a user's clone is (`dvc init --no-scm` hid that dvc.lock was git-ignored)."""
+    """In the fixture's git checkout, as a user's clone is; after the param changes, `flywheel publish` versions the
+    turn that `dvc repro` rebuilt (the flow publishes by itself; dvc repro cannot, it holds DVC's lock)."""
+    from flows.cli import main
+
     settings, _ = turn
     folder = settings.root
-    for name in ("tasks", "stores", "flows", "labels", ".dvc"):
-        shutil.copytree(REPO / name, folder / name, ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp"))
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(REPO / name, folder / name)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "project"]):
-        subprocess.run(git + args, cwd=folder, check=True, capture_output=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     dvc = [str(Path(sys.executable).parent / "dvc")]
 
@@ -214,3 +211,74 @@ def test_dvc_repro_reuses_the_turn_and_a_param_change_reruns_only_its_dependents
 
     assert rerun_after("promote", "min_delta", 0.5) == {"promote"}
     assert rerun_after("denoise", "drop_quantile", 0.4) == {"denoise", "retrain", "evaluate", "promote"}
+    first = _published(settings, 1)
+    assert main(["--params", str(folder / "params.yaml"), "publish"]) == 0
+    assert _published(settings, 1) != first  # a new version of turn 1: its denoise, retrain... batches changed
+    assert "up to date" in run("status")
+
+
+def _published(settings, turn: int) -> str:
+    from stores.store import Store
+
+    with Store.open(settings.path("store")) as store:
+        return store.data_version(settings.model.registry_name, turn)[0]
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_each_turn_is_a_dvc_version_in_the_remote_and_checkout_restores_it_byte_for_byte(turn):
+    """Two turns (the second a cheap one), then the workspace's exports, turn folders, .dvc files and DVC cache are
+    removed: `flywheel checkout` brings each turn back from the remote, and the models' data tags point into it."""
+    from datasets import load_dataset
+
+    from flows.cli import main
+    from flows.turn import flywheel
+    from mlflow import MlflowClient
+    from stores import tracking
+    from stores.dvc import read_tracked
+
+    settings, _ = turn
+    folder, params = settings.root, str(settings.root / "params.yaml")
+    cheap = {"skip": ["annotate", "denoise", "preference", "rewrite"], "retrain": {"sft": {"max_steps": 1}}}
+    flywheel(turns=1, first_turn=2, params=params, overrides=cheap)
+    turns = {t: folder / "data" / "turns" / "flywheel-policy" / f"turn-{t}" for t in (1, 2)}
+    before = {t: _file_hashes(path) for t, path in turns.items()}
+    assert "dataset/README.md" in before[1] and "tables/training_examples.parquet" in before[2]
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", str(turns[1]) + ".dvc"], cwd=folder, capture_output=True
+    ).returncode
+    assert ignored == 1, "the turn's .dvc file must be committable"
+
+    tracking.configure(settings.path("mlflow"), settings.experiment)
+    client = MlflowClient()
+    remote = folder / "dvc-remote"
+    for t in (1, 2):
+        tracked = read_tracked(folder, Path(str(turns[t]) + ".dvc"))
+        assert tracked.md5 == _published(settings, t)
+        assert all((remote / path).is_file() for path in tracked.object_paths())
+        [model] = client.search_model_versions(f"name = 'flywheel-policy' and tags.`data.turn` = '{t}'")[-1:]
+        assert model.tags["data.sft_md5"] == tracked.files["dataset/sft.parquet"]
+        assert (remote / "files" / "md5" / model.tags["data.md5"][:2] / f"{model.tags['data.md5'][2:]}.dir").is_file()
+
+    sft = load_dataset(str(turns[2] / "dataset"), "sft")["train"]
+    assert len(sft) >= 1 and set(sft["kind"]) == {"sft-human"}  # turn 2 skipped annotation: human rows only
+    assert [m["role"] for m in sft[0]["prompt"]] == ["system", "user"]
+    assert sft[0]["completion"][0]["role"] == "assistant"
+    dpo = load_dataset(str(turns[1] / "dataset"), "dpo")["train"]
+    assert dpo.column_names[:3] == ["prompt", "chosen", "rejected"]
+
+    for path in (folder / "data" / "exports", *turns.values(), folder / ".dvc" / "cache"):
+        shutil.rmtree(path)
+    for path in turns.values():
+        Path(str(path) + ".dvc").unlink()
+    for t in (1, 2):
+        assert main(["--params", params, "checkout", "--turn", str(t)]) == 0
+        assert _file_hashes(turns[t]) == before[t]

@@ -3,14 +3,16 @@
 The key also names the engine (transformers or vllm): the two sample differently from the same seed, so switching
 engines recomputes rather than mixing their answers. Identical requests are sent once, misses go to the backend in
 length-sorted chunks, and each chunk's results are committed before the next starts (a killed stage loses at most
-one chunk). `calls` counts prompts that reached the model, which is how tests prove a rerun makes none. A finished
+one chunk). `calls` counts prompts that reached the model, which is how tests prove a rerun makes none; `usage` adds
+what a cost estimate needs (requests, cache hits, prompt and completion tokens of the calls, model-seconds). A finished
 generation also answers the matching scoring request (same model, same prompt, same tokens), so scoring one's own
 outputs costs nothing.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import time
+from dataclasses import asdict, dataclass
 
 from tqdm.auto import tqdm
 
@@ -20,6 +22,24 @@ from tasks.config import Sampling
 from tasks.llm.backend import Generation, GenerationBackend, Messages, Scored
 
 
+@dataclass
+class Usage:
+    """Model work of a client: completion tokens are the generated ones, or the scored ones for a scoring call."""
+
+    requests: int = 0
+    cache_hits: int = 0  # answered from the cache (or a duplicate in the same batch): no model call
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model_seconds: float = 0.0  # in the backend, loading included
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(**{name: value + getattr(other, name) for name, value in asdict(self).items()})
+
+
+USAGE_COLUMNS = tuple(Usage.__dataclass_fields__)
+
+
 class CachedLLM:
     def __init__(
         self, backend_factory, cache: LLMCallCache, model: ModelRef, progress: bool = True, engine: str = "transformers"
@@ -27,7 +47,11 @@ class CachedLLM:
         self._backend_factory = backend_factory  # loaded on the first miss: a fully cached stage never loads weights
         self._backend: GenerationBackend | None = None
         self.cache, self.model, self.progress, self.engine = cache, model, progress, engine
-        self.calls = 0
+        self.usage = Usage()
+
+    @property
+    def calls(self) -> int:
+        return self.usage.calls
 
     @property
     def backend(self) -> GenerationBackend:
@@ -53,19 +77,32 @@ class CachedLLM:
         keys = [call_key(kind, self.model.fingerprint, r) for r in requests]
         found = self.cache.get_many(list(set(keys)))
         missing = {k: r for k, r in zip(keys, requests) if k not in found}
+        self.usage.requests += len(requests)
+        self.usage.cache_hits += len(requests) - len(missing)
         if missing:
             order = sorted(missing, key=lambda k: len(str(missing[k]["prompt"])))
             size = self.backend.batch_size
-            with tqdm(total=len(order), desc=f"{desc} ({self.model.label})", disable=not self.progress) as bar:
+            # progress None: a bar on a terminal only (redirected to a file, its redraws would be most of the output)
+            disable = None if self.progress is None else not self.progress
+            with tqdm(total=len(order), desc=f"{desc} ({self.model.label})", disable=disable) as bar:
                 for start in range(0, len(order), size):
                     chunk = order[start : start + size]
+                    started = time.perf_counter()
                     results = compute([missing[k] for k in chunk])
-                    self.calls += len(chunk)
+                    self._count(kind, [missing[k] for k in chunk], results, time.perf_counter() - started)
                     entries = [(k, missing[k], result) for k, result in zip(chunk, results)]
                     self.cache.put_many(kind, self.model.fingerprint, self.model.label, entries)
                     found.update({k: result for k, _, result in entries})
                     bar.update(len(chunk))
         return [found[k] for k in keys]
+
+    def _count(self, kind: str, requests: list[dict], results: list[dict], seconds: float) -> None:
+        usage = self.usage
+        usage.calls += len(requests)
+        usage.model_seconds += seconds
+        usage.prompt_tokens += sum(len(self.backend.prompt_ids(r["prompt"])) for r in requests)
+        field = "token_ids" if kind == "generate" else "token_logprobs"
+        usage.completion_tokens += sum(len(result[field]) for result in results)
 
     def _generate_chunk(self, requests: list[dict]) -> list[dict]:
         sampling = Sampling(**requests[0]["sampling"])

@@ -65,6 +65,9 @@ class CountingBackend:
     def completion_token_ids(self, completion):
         return self.real.completion_token_ids(completion)
 
+    def prompt_ids(self, messages):
+        return self.real.prompt_ids(messages)
+
 
 def test_cached_calls_never_reach_the_model_twice(backend, tmp_path):
     counting = CountingBackend(backend)
@@ -76,6 +79,11 @@ def test_cached_calls_never_reach_the_model_twice(backend, tmp_path):
         again = CachedLLM(lambda ref: counting, LLMCallCache(store.con), model, progress=False)
         assert again.generate([SHORT, LONG, SHORT], SAMPLED, [1, 2, 1], desc="test") == first
         assert again.calls == 0 and counting.prompts == 2
+        assert (again.usage.requests, again.usage.cache_hits, again.usage.prompt_tokens) == (3, 3, 0)
+        usage = llm.usage  # what a cost estimate reads: the two prompts that reached the model, and their outputs
+        assert (usage.requests, usage.cache_hits, usage.calls) == (3, 1, 2) and usage.model_seconds > 0
+        assert usage.prompt_tokens == len(backend.prompt_ids(SHORT)) + len(backend.prompt_ids(LONG))
+        assert usage.completion_tokens == len(first[0].token_ids) + len(first[1].token_ids)
         greedy = llm.generate([SHORT], GREEDY, [1], desc="test")
         assert llm.generate([SHORT], GREEDY, [99], desc="test") == greedy  # seeds do not matter when greedy
         assert counting.prompts == 3
