@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     checkout.add_argument("--turn", type=int, required=True)
     export = commands.add_parser("export", help="write a turn's training sets as a Hugging Face dataset folder")
     export.add_argument("--turn", type=int, required=True)
-    export.add_argument("--out", type=Path, required=True, help="folder for sft.parquet, dpo.parquet, README.md")
+    export.add_argument("--out", type=Path, required=True, help="folder for the sft/dpo Parquet files and README.md")
     export.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="also upload it (needs network, token)")
     commands.add_parser("setup", help="register the packaged base model (idempotent)")
     denoise = commands.add_parser("denoise", help="noise control on any items file").add_subparsers(
@@ -119,9 +119,12 @@ def _dispatch(args: argparse.Namespace) -> None:
         print(report.markdown_path.read_text())
         print(f"report: {report.markdown_path}\ncurves: {report.plot_path}\nMLflow UI: {ui}")
     elif args.command == "stage":
+        from dataclasses import asdict
+
+        from flows.summary import stage_line
         from tasks.runner import run_stage
 
-        print(run_stage(args.name, settings, args.turn or settings.turn).line())
+        print(stage_line(asdict(run_stage(args.name, settings, args.turn or settings.turn))))
     elif args.command == "summary":
         from tasks.publish import version_note
         from tasks.runner import recorded_turn

@@ -50,6 +50,14 @@ def _note(stage: str, m: dict, summary: dict) -> str:
     return ""
 
 
+def stage_line(result: dict) -> str:
+    """The line printed as a stage finishes: its counts and time, then its key fact (the summary table's note)."""
+    from tasks.runner import StageResult
+
+    note = "" if result["summary"].get("skipped") else _note(result["stage"], result["metrics"], result["summary"])
+    return StageResult(**result).line() + (f"  {note}" if note else "")
+
+
 def model_work_table(results: list[dict]) -> Table:
     """Tokens, calls, cache hits and model-seconds per model stage and for the turn, as recorded when each stage ran
     (a stage found in the store now did that work then): what a cost estimate before scaling out starts from."""

@@ -21,11 +21,12 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
+from flows.summary import stage_line
 from stores.lock import run_lock
 from tasks.config import load_settings
 from tasks.errors import FlywheelError, ModelServerError
 from tasks.publish import DataVersion, publish_turn
-from tasks.runner import STAGES, StageResult, next_turn, run_stage
+from tasks.runner import STAGES, next_turn, run_stage
 
 MODEL_SERVER_RETRIES = 2  # a stage whose model server failed (after its own request retries) is retried this often
 
@@ -99,7 +100,7 @@ def flywheel_turn(
                 result = _run_on_pool(name, turn, params, overrides)
             else:
                 result = STAGE_TASKS[name](params, turn, overrides)
-            print(StageResult(**result).line(), flush=True)
+            print(stage_line(result), flush=True)
             results.append(result)
         print(DataVersion(**publish(params, turn, overrides)).line(), flush=True)
         return results

@@ -29,6 +29,7 @@ OFFLINE_ENV = {
 QUIET_ENV = {
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # also transformers' "Loading weights" bar at every model load
+    "TQDM_DISABLE": "1",  # TRL's reference log-prob pass; a bar that passes `disable` itself (ours) still shows
     "TRANSFORMERS_VERBOSITY": "error",
     "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
     "MLFLOW_LOGGING_LEVEL": "WARNING",

@@ -181,6 +181,41 @@ def test_the_cli_summary_of_the_finished_turn(turn, capsys):
     printed = capsys.readouterr().out
     assert "Held-out scoreboard (4 items never trained on)" in printed and "rouge_l" in printed
     assert "mlflow ui --backend-store-uri" in printed
+    assert "Data version: " in printed and "flywheel checkout --turn 1" in printed
+    work = {r["stage"]: r["summary"]["usage"] for r in results}
+    assert all(work[s]["calls"] > 0 and work[s]["prompt_tokens"] > work[s]["calls"] for s in MODEL_STAGES)
+    total_tokens = sum(u["prompt_tokens"] for u in work.values())
+    assert "Model work" in printed and re.search(rf"turn\s.*\b{total_tokens}\b", printed)
+
+
+def test_export_writes_the_published_dataset_and_uploads_it_behind_a_flag(turn, tmp_path, monkeypatch):
+    """`flywheel export` rebuilds the turn's dataset folder (the same rows as the published one); the Hub upload is
+    a real HfApi call, here answered by a recorder since this machine has no network."""
+    import huggingface_hub
+    import pandas as pd
+
+    from flows.cli import main
+
+    settings, _ = turn
+    uploads = []
+
+    class Recorder:
+        def create_repo(self, repo_id, **kwargs):
+            uploads.append(("create", repo_id, kwargs["repo_type"]))
+
+        def upload_folder(self, **kwargs):
+            uploads.append(("upload", kwargs["repo_id"], sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Recorder)
+    out = tmp_path / "export"
+    args = ["--params", str(settings.root / "params.yaml"), "export", "--turn", "1", "--out", str(out)]
+    assert main([*args, "--push-to-hub", "someone/flywheel-turn-1"]) == 0
+    published = settings.root / "data" / "turns" / "flywheel-policy" / "turn-1" / "dataset"
+    files = sorted(path.name for path in published.iterdir())
+    assert uploads == [("create", "someone/flywheel-turn-1", "dataset"), ("upload", "someone/flywheel-turn-1", files)]
+    assert sorted(path.name for path in out.iterdir()) == files  # the same rows: the same content-named files
+    for name in files[1:]:
+        pd.testing.assert_frame_equal(pd.read_parquet(out / name), pd.read_parquet(published / name))
 
 
 def test_dvc_repro_reuses_the_turn_and_a_param_change_reruns_only_its_dependents(turn):
@@ -264,8 +299,9 @@ def test_each_turn_is_a_dvc_version_in_the_remote_and_checkout_restores_it_byte_
         tracked = read_tracked(folder, Path(str(turns[t]) + ".dvc"))
         assert tracked.md5 == _published(settings, t)
         assert all((remote / path).is_file() for path in tracked.object_paths())
-        [model] = client.search_model_versions(f"name = 'flywheel-policy' and tags.`data.turn` = '{t}'")[-1:]
-        assert model.tags["data.sft_md5"] == tracked.files["dataset/sft.parquet"]
+        tagged = client.search_model_versions(f"name = 'flywheel-policy' and tags.`data.turn` = '{t}'")
+        [model] = [m for m in tagged if m.tags["data.md5"] == tracked.md5]  # the version trained on this data
+        assert model.tags["data.sft_md5"] in {md5 for name, md5 in tracked.files.items() if "/sft-" in name}
         assert (remote / "files" / "md5" / model.tags["data.md5"][:2] / f"{model.tags['data.md5'][2:]}.dir").is_file()
 
     sft = load_dataset(str(turns[2] / "dataset"), "sft")["train"]

@@ -1,15 +1,19 @@
 """A turn's training data as a Hugging Face dataset folder: exactly what the turn's candidate trained on, in TRL's
 conversational format, so `load_dataset(folder, "sft")` feeds an `SFTTrainer` and `"dpo"` a `DPOTrainer` as is.
 
-- `sft.parquet`: prompt (system + user messages), completion (the assistant message), and lineage: item_id, kind
+- `sft-<hash>.parquet`: prompt (system + user messages), completion (the assistant message), and lineage: item_id, kind
   (sft-synthetic | sft-human), phase, source (the annotating model, or `human`), noise_score, turn, batch_id.
-- `dpo.parquet`: prompt, chosen, rejected (assistant messages), and lineage: item_id, round, label_source,
+- `dpo-<hash>.parquet`: prompt, chosen, rejected (assistant messages), and lineage: item_id, round, label_source,
   corrected, chosen_generator, rejected_generator, chosen_score, rejected_score, turn, batch_id.
 - `README.md`: the dataset card (YAML configs for `load_dataset`, then how the data was made, counted and licensed).
+
+The Parquet names carry their content's md5 (12 hex digits): `datasets` caches a local folder's config by the folder's
+name and the config's file names, so two turns' `dataset/` folders with plain names would load each other's cache.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -23,7 +27,7 @@ from tasks.publish.turn import FinishedTurn, load_turn
 from tasks.retrain.retrain import DPO_PAIRS
 from tasks.stage import with_context
 
-SFT_FILE, DPO_FILE, CARD_FILE = "sft.parquet", "dpo.parquet", "README.md"
+CARD_FILE = "README.md"
 DPO_LINEAGE = ("item_id", "round", "label_source", "corrected", "chosen_generator", "rejected_generator")
 SOURCE_LICENCES = {
     "semanlink": "Semanlink arXiv bookmarks as bundled in `cherche==2.2.1` (package licence MIT): titles, curator "
@@ -74,13 +78,26 @@ def training_sets(turn: FinishedTurn) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def write_dataset(turn: FinishedTurn, out: Path) -> dict[str, int]:
-    """The dataset folder (two Parquet files and the card), each file written atomically; returns the row counts."""
+    """The dataset folder (two Parquet files and the card, each written atomically, a previous export's Parquet
+    files replaced); returns the row counts."""
     sft, dpo = training_sets(turn)
     out.mkdir(parents=True, exist_ok=True)
-    for frame, name in ((sft, SFT_FILE), (dpo, DPO_FILE)):
-        _atomic(out / name, lambda path, frame=frame: frame.to_parquet(path, index=False))
-    _atomic(out / CARD_FILE, lambda path: path.write_text(dataset_card(turn, sft, dpo)))
+    files = {name: _write_parquet(frame, out, name) for name, frame in (("sft", sft), ("dpo", dpo))}
+    for stale in out.glob("*.parquet"):
+        if stale.name not in files.values():
+            stale.unlink()
+    _atomic(out / CARD_FILE, lambda path: path.write_text(dataset_card(turn, sft, dpo, files)))
     return {"sft": len(sft), "dpo": len(dpo)}
+
+
+def _write_parquet(frame: pd.DataFrame, out: Path, config: str) -> str:
+    """`<config>-<md5 of the bytes>.parquet` in `out`; returns the name."""
+    handle, tmp = tempfile.mkstemp(prefix=f".{config}.", dir=out)
+    os.close(handle)
+    frame.to_parquet(tmp, index=False)
+    name = f"{config}-{hashlib.md5(Path(tmp).read_bytes()).hexdigest()[:12]}.parquet"
+    os.replace(tmp, out / name)
+    return name
 
 
 def export_dataset(settings: Settings, turn: int, out: Path, hub_repo: str | None = None) -> str:
@@ -104,7 +121,7 @@ def _atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def dataset_card(turn: FinishedTurn, sft: pd.DataFrame, dpo: pd.DataFrame) -> str:
+def dataset_card(turn: FinishedTurn, sft: pd.DataFrame, dpo: pd.DataFrame, files: dict[str, str]) -> str:
     """README.md with the `configs` metadata `load_dataset` reads, then how the data was made."""
     settings, records = turn.settings, turn.records
     metric = {name: record.summary.get("metrics", {}) for name, record in records.items()}
@@ -114,10 +131,7 @@ def dataset_card(turn: FinishedTurn, sft: pd.DataFrame, dpo: pd.DataFrame) -> st
         "pretty_name": f"flywheel {turn.lineage} turn {turn.turn} training data",
         "task_categories": ["text-generation"],
         "tags": ["flywheel", "synthetic", "sft", "dpo"],
-        "configs": [
-            {"config_name": "sft", "data_files": SFT_FILE},
-            {"config_name": "dpo", "data_files": DPO_FILE},
-        ],
+        "configs": [{"config_name": config, "data_files": name} for config, name in files.items()],
     }
     stages = "\n".join(
         f"| {name} | {r.rows_in} | {r.rows_out} | {r.quarantined} | `{r.batch_id}` | `{r.params_hash}` |"

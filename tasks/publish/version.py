@@ -24,7 +24,7 @@ from stores.tracking import RunHandle
 from tasks.config import Settings
 from tasks.errors import FlywheelError
 from tasks.llm.cached import USAGE_COLUMNS
-from tasks.publish.dataset import CARD_FILE, DPO_FILE, SFT_FILE, write_dataset
+from tasks.publish.dataset import CARD_FILE, write_dataset
 from tasks.publish.turn import FinishedTurn, load_turn
 
 DATASET_FOLDER = "dataset"
@@ -127,9 +127,9 @@ def _tag(finished: FinishedTurn, tracked: dvc.Tracked, dvc_file: str) -> None:
         "data.md5": tracked.md5,
         "data.turn": str(finished.turn),
         "data.dvc_file": dvc_file,
-        "data.sft_md5": files.get(f"{DATASET_FOLDER}/{SFT_FILE}", ""),
-        "data.dpo_md5": files.get(f"{DATASET_FOLDER}/{DPO_FILE}", ""),
     }
+    for config in ("sft", "dpo"):  # the training sets' own DVC hashes
+        tags[f"data.{config}_md5"] = next(md5 for name, md5 in files.items() if name.startswith(f"dataset/{config}-"))
     finished.registry.tag_version(finished.candidate.version, tags)
     turn_run = RunHandle.of(finished.records["promote"].run_id)
     turn_run.set_tags(tags)
