@@ -16,8 +16,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.roofline import limit_gflop_s  # noqa: E402
+
 RESULTS = REPO / "bench" / "results"
 BENCHES = {
+    "roofline": ["bench/roofline.py"],
     "generation": ["bench/generation.py"],
     # Both turns without the context stage: its corpus embedding (65 s here) is the same whichever engine runs, and
     # the rewrite stage still builds the corpus index (it needs it), so the turns stay comparable stage by stage.
@@ -32,6 +36,23 @@ BENCHES = {
 def headlines(results: dict) -> list[tuple[str, str, str]]:
     """(figure, measured, goal) rows from the benchmarks' JSON."""
     rows = []
+    if "roofline" in results:
+        roof = results["roofline"]
+        for dtype, by_rows in roof["model_weighted_gflop_s"].items():
+            rates = ", ".join(f"{rate:.0f} at {n} rows" for n, rate in by_rows.items())
+            rows.append((f"limit: {dtype} matmul GFLOP/s at the model's shapes ({roof['threads']} threads)", rates,
+                         "measured"))  # fmt: skip
+        floors = ", ".join(f"{d} {v:.0f} tok/s" for d, v in roof["decode_floor_tok_s"].items())
+        rows.append(("limit: memory bandwidth; batch-1 decode floor", f"{roof['bandwidth_gb_s']:.1f} GB/s; {floors}",
+                     "measured"))  # fmt: skip
+    if {"roofline", "generation"} <= results.keys():
+        limit, dtype = limit_gflop_s(results["roofline"])
+        for kind, key in (("generation", "generation"), ("scoring", "scoring")):
+            for row in results["generation"][key]:
+                default_path = kind == "generation" and row["path"].startswith("transformers batched (")
+                figure = f"{kind} {row['path']}: share of the matmul limit ({limit:.0f} GFLOP/s {dtype}, 512 rows)"
+                measured = f"{row['gflop_s'] / limit:.0%} ({row['gflop_s']:.0f} GFLOP/s)"
+                rows.append((figure, measured, ">= 50%" if default_path else "reported"))
     if "generation" in results:
         gen = {r["path"].split(" (")[0]: r for r in results["generation"]["generation"]}
         for path, row in gen.items():

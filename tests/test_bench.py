@@ -73,6 +73,27 @@ def test_performance_benches_run_and_report_their_ratios(tmp_path, bench, args):
     assert rows and all(measured for _, measured, _ in rows)
 
 
+def test_roofline_measures_the_limits_and_the_suite_reports_shares_of_them(tmp_path):
+    from bench.all import headlines
+    from bench.roofline import Dims, forward_flops, generation_flops
+
+    out = tmp_path / "roofline.json"
+    command = [sys.executable, str(REPO / "bench" / "roofline.py"), "--repeats", "1", "--rows", "16", "512"]
+    done = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    roofline = json.loads(out.read_text())
+    assert all(rate > 0 for by_rows in roofline["model_weighted_gflop_s"].values() for rate in by_rows.values())
+    dims = Dims(**roofline["dims"])
+    # SmolLM2-135M: 30 layers of 576-wide attention (3 KV heads of 64) and a 1536-wide MLP, the tied 49152-token head
+    assert dims.weight_params == 30 * (2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536) + 576 * 49152
+    prefill = forward_flops(dims, 0, 100, 1)
+    assert generation_flops(dims, [100], [1]) == prefill and generation_flops(dims, [100], [3]) > prefill
+    generation = {"generation": [{"path": "transformers batched (16)", "gflop_s": 10.0}], "scoring": []}
+    rows = headlines({"roofline": roofline, "generation": generation})
+    share = next(measured for figure, measured, _ in rows if figure.startswith("generation transformers batched"))
+    assert share.endswith("(10 GFLOP/s)")
+
+
 QUALITY_BENCHES = {
     "preference": [
         "--methods", "plain", "tso", "--prompts", "2", "--dpo-steps", "1", "--sft-steps", "1",
@@ -81,7 +102,7 @@ QUALITY_BENCHES = {
     "retrieval": ["--limit", "3", "--fusion", "rrf"],
     "turn": ["--train-items", "2", "--heldout-items", "2", "--context-docs", "0", "--probe-items", "0"],
 }  # fmt: skip
-SMOKED = {"noise_control", "scale", "generation", "retrieval_speed", "dpo", *QUALITY_BENCHES}
+SMOKED = {"noise_control", "scale", "generation", "retrieval_speed", "dpo", "roofline", *QUALITY_BENCHES}
 
 
 @pytest.mark.parametrize("bench, args", list(QUALITY_BENCHES.items()))

@@ -86,24 +86,28 @@ def test_a_triggered_deployment_runs_each_stage_on_its_pool(deployed):
 
 def test_both_uis_show_in_a_real_browser_what_the_turn_made(deployed):
     """Headless Chromium on the URLs serve-local printed: the Prefect deployments and work pools, the MLflow
-    experiment (on its runs, with the per-turn curve) and the registered model with its champion alias."""
+    experiment's runs (MLflow 3.17 opens an experiment on its empty GenAI overview, so the printed link is the runs
+    page) with the per-turn curve, and the registered model with its champion alias."""
     from mlflow import MlflowClient
 
     if browser.chromium() is None:
         pytest.skip("no chromium: `make browser` installs Debian's package")
-    _, _, services, _, _ = deployed
+    _, _, services, served, triggered = deployed
     prefect_ui = services.prefect_api_url.removesuffix("/api")
-    deployments = browser.page_text(f"{prefect_ui}/deployments", "prefect-deployments")
+    names = ("scheduled", "gpu", "cpu")
+    deployments = browser.page_text(f"{prefect_ui}/deployments", "prefect-deployments", names)
     assert "Create a deployment to get started" not in deployments
-    assert all(name in deployments for name in ("scheduled", "gpu", "cpu")), deployments[:2000]
-    pools = browser.page_text(f"{prefect_ui}/work-pools", "prefect-work-pools")
+    assert all(name in deployments for name in names), deployments[:2000]
+    pools = browser.page_text(f"{prefect_ui}/work-pools", "prefect-work-pools", ("cpu-pool", "gpu-pool"))
     assert "Can't connect to Server API" not in pools
     assert "cpu-pool" in pools and "gpu-pool" in pools, pools[:2000]
 
     experiment = MlflowClient(tracking_uri=services.mlflow_url).get_experiment_by_name("flywheel").experiment_id
-    runs = browser.page_text(f"{services.mlflow_url}/#/experiments/{experiment}", "mlflow-experiment")
-    assert "turn-1" in runs and "flywheel-curve" in runs, runs[:2000]  # opens on the runs, not the GenAI overview
-    model = browser.page_text(f"{services.mlflow_url}/#/models/flywheel-policy", "mlflow-model")
+    runs_url = f"{services.mlflow_url}/#/experiments/{experiment}/runs"
+    assert f"MLflow UI:  {runs_url}" in served and runs_url in triggered  # the links printed go to the runs list
+    runs = browser.page_text(runs_url, "mlflow-experiment", ("turn-1", "flywheel-curve"))
+    assert "turn-1" in runs and "flywheel-curve" in runs, runs[:2000]
+    model = browser.page_text(f"{services.mlflow_url}/#/models/flywheel-policy", "mlflow-model", ("champion",))
     assert "champion" in model and "Version 2" in model, model[:2000]
 
 
