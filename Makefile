@@ -50,7 +50,8 @@ test: setup vllm browser
 # apt-get (about two minutes); elsewhere that one test skips and says so.
 browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		timeout 300 apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq chromium >/dev/null; } || \
 		echo "no chromium: the browser test will skip (install Debian's chromium package to run it)"
 
 test-slow: setup vllm

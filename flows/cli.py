@@ -214,7 +214,7 @@ def _services_command(args: argparse.Namespace, settings) -> None:
 
         ui = f"open {runs_page(running.mlflow_url)}"
         for results in trigger(args.turns):
-            print_turn(results, ui(), version_note(settings, results[-1]["turn"]))
+            print_turn(results, ui, version_note(settings, results[-1]["turn"]))
 
 
 if __name__ == "__main__":
