@@ -23,6 +23,7 @@ from flows.experiment import ExperimentSpec, arm_turns  # noqa: E402
 from stores import tracking  # noqa: E402
 from tasks.config import Settings  # noqa: E402
 from tasks.errors import FlywheelError  # noqa: E402
+from tasks.llm.cached import total_usage  # noqa: E402
 from tasks.metrics import paired_bootstrap  # noqa: E402
 
 METRICS = ("rouge_l", "minilm_sim")
@@ -78,9 +79,8 @@ def report_rows(spec: ExperimentSpec, arms: dict[str, Settings]) -> pd.DataFrame
                 row |= {q: found.get(q) for q in QUALITY}
                 row["dropped"] = stages["denoise"]["metrics"].get("dropped")
                 row["seconds"] = sum(r["seconds"] for r in stages.values())
-                usage = [r["summary"].get("usage", {}) for r in stages.values()]
-                for key in ("prompt_tokens", "completion_tokens", "model_seconds"):
-                    row[key] = sum(u.get(key, 0) for u in usage)
+                usage = total_usage(r["summary"] for r in stages.values())
+                row |= {key: usage[key] for key in ("prompt_tokens", "completion_tokens", "model_seconds")}
             rows.append(row)
     return pd.DataFrame(rows)
 

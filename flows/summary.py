@@ -8,7 +8,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from tasks.llm.cached import USAGE_COLUMNS
+from tasks.llm.cached import USAGE_COLUMNS, total_usage
 
 
 def _note(stage: str, m: dict, summary: dict) -> str:
@@ -65,9 +65,8 @@ def model_work_table(results: list[dict]) -> Table:
     table.add_column("stage")
     for column in USAGE_COLUMNS:
         table.add_column(column.replace("_", " "), justify="right")
-    used = [(r["stage"], r["summary"].get("usage", {})) for r in results]
-    used = [(stage, usage) for stage, usage in used if usage.get("requests")]
-    total = {column: sum(usage.get(column, 0) for _, usage in used) for column in USAGE_COLUMNS}
+    used = [(r["stage"], r["summary"]["usage"]) for r in results if r["summary"].get("usage", {}).get("requests")]
+    total = total_usage(r["summary"] for r in results)
     for stage, usage in used:
         table.add_row(stage, *(f"{usage.get(c, 0):.0f}" for c in USAGE_COLUMNS))
     table.add_section()

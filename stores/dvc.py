@@ -9,7 +9,6 @@ git when the folder is a git checkout, with that same local remote.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -39,15 +38,18 @@ class Tracked:
 
     def object_paths(self) -> list[str]:
         """Where the folder's objects live in a cache or remote (DVC 3 layout: files/md5/ab/cdef...)."""
-        manifest = f"files/md5/{self.md5[:2]}/{self.md5[2:]}.dir"
-        return [manifest] + [f"files/md5/{d[:2]}/{d[2:]}" for d in sorted(set(self.files.values()))]
+        return [object_path(self.md5, ".dir")] + [object_path(d) for d in sorted(set(self.files.values()))]
+
+
+def object_path(md5: str, suffix: str = "") -> str:
+    """An object's place in a DVC 3 cache or remote."""
+    return f"files/md5/{md5[:2]}/{md5[2:]}{suffix}"
 
 
 def dvc(root: Path, *args: str) -> str:
-    """Run `dvc ARGS` in `root` (the venv's dvc, quiet, no analytics) and return its stdout."""
+    """Run `dvc ARGS` in `root` (the venv's dvc; no analytics: stores/env.py) and return its stdout."""
     command = [str(Path(sys.executable).parent / "dvc"), *args]
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True)
     if done.returncode != 0:
         message = (done.stderr or done.stdout).strip().splitlines()
         raise DvcError(f"`dvc {' '.join(args)}` failed in {root}: {' '.join(message[-3:])}")
@@ -78,12 +80,12 @@ def add_and_push(root: Path, folder: Path) -> Tracked:
     return read_tracked(root, dvc_file)
 
 
-def read_tracked(root: Path, dvc_file: Path, text: str | None = None) -> Tracked:
-    """The `.dvc` file (or its recorded `text`) with the per-file hashes from the `.dir` manifest in the cache."""
-    text = dvc_file.read_text() if text is None else text
+def read_tracked(root: Path, dvc_file: Path) -> Tracked:
+    """The `.dvc` file with the per-file hashes from the `.dir` manifest in the cache."""
+    text = dvc_file.read_text()
     out = yaml.safe_load(text)["outs"][0]
     md5 = out["md5"].removesuffix(".dir")
-    manifest = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / f"{md5[2:]}.dir"
+    manifest = root / ".dvc" / "cache" / object_path(md5, ".dir")
     files = {entry["relpath"]: entry["md5"] for entry in json.loads(manifest.read_text())}
     return Tracked(dvc_file, text, md5, files, int(out.get("size", 0)))
 

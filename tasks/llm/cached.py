@@ -40,6 +40,12 @@ class Usage:
 USAGE_COLUMNS = tuple(Usage.__dataclass_fields__)
 
 
+def total_usage(stage_summaries) -> dict[str, float]:
+    """The model work of several stages, from their recorded summaries (a stage recorded without usage adds 0)."""
+    usages = [summary.get("usage", {}) for summary in stage_summaries]
+    return {column: sum(usage.get(column, 0) for usage in usages) for column in USAGE_COLUMNS}
+
+
 class CachedLLM:
     def __init__(
         self, backend_factory, cache: LLMCallCache, model: ModelRef, progress: bool = True, engine: str = "transformers"

@@ -23,7 +23,7 @@ from stores.store import Store
 from stores.tracking import RunHandle
 from tasks.config import Settings
 from tasks.errors import FlywheelError
-from tasks.llm.cached import USAGE_COLUMNS
+from tasks.llm.cached import total_usage
 from tasks.publish.dataset import CARD_FILE, write_dataset
 from tasks.publish.turn import FinishedTurn, load_turn
 
@@ -133,6 +133,6 @@ def _tag(finished: FinishedTurn, tracked: dvc.Tracked, dvc_file: str) -> None:
     finished.registry.tag_version(finished.candidate.version, tags)
     turn_run = RunHandle.of(finished.records["promote"].run_id)
     turn_run.set_tags(tags)
-    usage = [record.summary.get("usage", {}) for record in finished.records.values()]
-    turn_run.log_metrics({f"turn_llm_{key}": sum(u.get(key, 0) for u in usage) for key in USAGE_COLUMNS})
+    usage = total_usage(record.summary for record in finished.records.values())
+    turn_run.log_metrics({f"turn_llm_{key}": value for key, value in usage.items()})
     turn_run.log_artifact(finished.folder() / DATASET_FOLDER / CARD_FILE, "dataset")
