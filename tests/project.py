@@ -18,7 +18,7 @@ TINY = {
     "seed": 13,
     "data": {"max_signal_chars": 300, "probe_items": 0},  # no probe: model-call counts are the window's
     "model": {"batch_size": 8},
-    "annotate": {"items_per_turn": 8},
+    "annotate": {"items_per_turn": 8, "candidates": 1},  # one model call per item (tests count them)
     "preference": {"prompts_per_turn": 4, "human_prompts_per_turn": 2},
     "rewrite": {"queries_per_turn": 4},
     "retrain": {

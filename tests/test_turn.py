@@ -27,7 +27,7 @@ def turn(tmp_path_factory):
     from tasks.config import load_settings
 
     folder = tmp_path_factory.mktemp("project")
-    params = write_params(folder)
+    params = write_params(folder, {"annotate": {"candidates": 2}})  # best-of-2 annotation
     git_checkout(folder)  # where users run it: a git clone with the project's DVC config
     results = flywheel(turns=1, params=str(params))[0]
     return load_settings(params), results
@@ -95,9 +95,16 @@ def test_rows_carry_lineage_and_the_heldout_split_is_never_trained_on(turn):
     denoised = tables["denoised"]
     assert ((denoised["reason"] != "") == ~denoised["kept"]).all()  # every drop is recorded with its reason
     assert set(denoised["method"]) == {"adatailr"}
+    assert (denoised.groupby("item_id").size() == 2).all()  # best of 2: one candidate per item goes on
+    outranked = denoised["reason"].str.startswith("best of n")
+    assert (denoised[~outranked].groupby("item_id").size() == 1).all()
     human = set(items.loc[items["split"] == "human", "item_id"])
     trained = tables["training_examples"]
     assert set(trained.loc[trained["kind"] == "sft-human", "item_id"]) <= human
+    synthetic = trained[trained["kind"] == "sft-synthetic"]
+    assert not set(zip(synthetic["item_id"], synthetic["candidate"])) & set(
+        zip(denoised.loc[outranked, "item_id"], denoised.loc[outranked, "candidate"])
+    )  # no outranked candidate is trained on
     related = {doc for docs in tables["contexts"]["related"] for doc in docs}
     assert related and not heldout & related, "a held-out item's title leaked into retrieved context"
 

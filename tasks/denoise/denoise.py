@@ -7,9 +7,14 @@ tasks/denoise/adatailr.py, or the baselines no control, fixed-γ TaiLr, small-lo
 tasks/denoise/methods.py) are params. Token log-probs come through the LLM-call cache; scoring the model's own
 finished generations costs nothing.
 
+Best-of-n (`denoise.select: best`, with `annotate.candidates` > 1): only each item's best-scored candidate goes before
+the method, the others are recorded as outranked. Training on the model's best of several samples (rejection
+sampling, expert iteration) is what lets its own annotations be better than its single samples; on the probe items a
+turn-2 champion's best-of-8 by NLL scored ROUGE-L 0.199 against the human titles vs 0.154 for one sample.
+
 Dataset quality: the annotations are scored against their items' human titles (train titles, never trained on, so a
-fair measure): ROUGE-L and MiniLM similarity of all, kept and dropped annotations (what noise control drops should
-be worse than what it keeps), and their distinct-2 diversity.
+fair measure): ROUGE-L and MiniLM similarity of all, kept, dropped and outranked annotations (what noise control drops
+should be worse than what it keeps), and the kept ones' distinct-2 diversity.
 
 Input: `annotations`, `items` (and this turn's human-split window for the fitted score).
 Output columns (`denoised`): item_id, candidate, caption, method, noise_score, threshold, kept, reason.
@@ -26,7 +31,7 @@ import pandas as pd  # noqa: E402
 
 from stores.schema import Column, TableSpec  # noqa: E402
 from tasks.config import Denoise  # noqa: E402
-from tasks.denoise.methods import Decision, decide  # noqa: E402
+from tasks.denoise.methods import Decision, best_per_item, decide, mean_nll, with_outranked  # noqa: E402
 from tasks.denoise.scores import features, fit_trusted, noise_scores, token_logprobs, trusted_pairs  # noqa: E402
 from tasks.errors import InputError  # noqa: E402
 from tasks.metrics import distinct_n, reference_scores  # noqa: E402
@@ -52,23 +57,30 @@ def noise_decision(
     cfg: Denoise, annotations: pd.DataFrame, items: pd.DataFrame, trusted: pd.DataFrame, llm, chars: int, seed: int
 ) -> tuple[Decision, dict]:
     """The method's decision on `annotations` (item_id, caption) of `items`, ranked by `cfg.score`; `trusted` are
-    human-split items (item_id, title, signals) for the fitted score. Returns (decision, the trusted fit's metrics)."""
+    human-split items (item_id, title, signals) for the fitted score. With `cfg.select` best, only each item's
+    best-scored candidate goes before the method. Returns (decision, the trusted fit's metrics)."""
     by_id = items.set_index("item_id", drop=False)
     records = [by_id.loc[i].to_dict() for i in annotations["item_id"]]
     captions = list(annotations["caption"])
+    fit, fit_metrics = None, {}
     if cfg.score == "nll":
-        return decide(cfg.method, token_logprobs(captions, records, llm, chars, "denoise"), cfg, seed), {}
-    frame = features(captions, records, llm, chars)
-    fit, level, fit_metrics = None, None, {}
+        logprobs = token_logprobs(captions, records, llm, chars, "denoise")
+        frame = pd.DataFrame({"nll": mean_nll(logprobs)})
+    else:
+        frame = features(captions, records, llm, chars)
+        logprobs = list(frame["logprobs"])
     if cfg.score == "fitted":
         if len(trusted) < 4:
             raise InputError(f"denoise.score fitted needs at least 4 human-split items, found {len(trusted)}")
         pair_captions, pair_items, wrong = trusted_pairs(trusted)
         fit = fit_trusted(features(pair_captions, pair_items, llm, chars), wrong, seed)
-        level = fit.noise_level(frame) if cfg.method == "adatailr" else None
         fit_metrics = {"trusted_tpr": fit.tpr, "trusted_fpr": fit.fpr}
     scores = noise_scores(cfg.score, frame, fit)
-    return decide(cfg.method, list(frame["logprobs"]), cfg, seed, scores, level), fit_metrics
+    best = best_per_item(annotations["item_id"], scores) if cfg.select == "best" else np.ones(len(scores), bool)
+    level = fit.noise_level(frame[best]) if fit is not None and cfg.method == "adatailr" else None
+    chosen = [lp for lp, keep in zip(logprobs, best) if keep]
+    decision = decide(cfg.method, chosen, cfg, seed, scores[best], level)
+    return with_outranked(decision, best, scores, annotations["item_id"]), fit_metrics
 
 
 def decision_table(annotations: pd.DataFrame, decision: Decision) -> pd.DataFrame:
@@ -98,14 +110,16 @@ def histogram(scores: np.ndarray, threshold: float, method: str):
     return figure
 
 
-def dataset_quality(frame: pd.DataFrame, titles: pd.Series) -> dict[str, float]:
-    """Quality of all / kept / dropped annotations against the human titles, and their diversity."""
+def dataset_quality(frame: pd.DataFrame, outranked: np.ndarray, titles: pd.Series) -> dict[str, float]:
+    """Quality of all / kept / dropped (by the method) / outranked (best-of-n losers) annotations against the human
+    titles, and the diversity of the kept ones."""
     scores = pd.DataFrame(reference_scores(list(frame["caption"]), list(titles.loc[frame["item_id"]])))
-    quality = {"annotations_distinct_2": distinct_n(list(frame["caption"]), 2)}
+    quality = {"annotations_distinct_2": distinct_n(list(frame.loc[frame["kept"], "caption"]), 2)}
     for group, rows in (
         ("all", frame.index),
         ("kept", frame.index[frame["kept"]]),
-        ("dropped", frame.index[~frame["kept"]]),
+        ("dropped", frame.index[~frame["kept"] & ~outranked]),
+        ("outranked", frame.index[outranked]),
     ):
         for metric in scores.columns:
             if len(rows):
@@ -121,16 +135,18 @@ def run(ctx: StageContext) -> StageOutput:
     chars, seed = ctx.settings.data.max_signal_chars, ctx.settings.seed
     decision, fit_metrics = noise_decision(cfg, annotations, items, trusted, ctx.llm, chars, seed)
     frame = decision_table(annotations, decision)
+    outranked = decision.lost
     if len(frame):
-        figure = histogram(decision.noise_score, decision.threshold, cfg.method)
+        figure = histogram(decision.noise_score[~outranked], decision.threshold, cfg.method)
         ctx.mlrun.log_figure(figure, "noise_scores.png")
         plt.close(figure)
-    dropped = int((~frame["kept"]).sum())
-    metrics = {"dropped": dropped, "kept": len(frame) - dropped, "gamma": decision.gamma, **fit_metrics}
+    kept = int(frame["kept"].sum())
+    metrics = {"dropped": len(frame) - kept - int(outranked.sum()), "outranked": int(outranked.sum()), "kept": kept}
+    metrics |= {"gamma": decision.gamma, **fit_metrics}
     if decision.noise_level is not None:
         metrics["noise_level"] = decision.noise_level
     if len(frame):
-        metrics |= dataset_quality(frame, items.set_index("item_id")["title"])
+        metrics |= dataset_quality(frame, outranked, items.set_index("item_id")["title"])
     summary = {"method": cfg.method, "gamma": decision.gamma, "min_weight": cfg.min_weight}
     return StageOutput({"denoised": frame}, rows_in=len(annotations), metrics=metrics, summary=summary)
 

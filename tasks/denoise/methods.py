@@ -12,9 +12,10 @@ drop, and the TaiLr γ the kept ones train with; γ = 0 means plain MLE).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+import pandas as pd
 
 from tasks.config import Denoise
 from tasks.denoise import adatailr
@@ -31,10 +32,41 @@ class Decision:
     threshold: float  # noise scores at or above were dropped (inf: nothing dropped by threshold)
     gamma: float  # TaiLr γ for training the kept annotations; 0 = MLE
     noise_level: float | None  # estimated noise fraction, where the method estimates one
+    outranked: np.ndarray | None = None  # best-of-n: candidates another candidate of their item outscored
+
+    @property
+    def lost(self) -> np.ndarray:
+        """Mask of the candidates outranked by another of their item (best-of-n)."""
+        return np.zeros(len(self.kept), bool) if self.outranked is None else self.outranked > 0
 
     def reasons(self) -> list[str]:
         why = f"{self.method}: noise score {{:.3f}} >= threshold {self.threshold:.3f}"
-        return ["" if keep else why.format(score) for keep, score in zip(self.kept, self.noise_score)]
+        lost = "best of n: another candidate of this item scored {:.3f} lower"
+        margins = np.zeros(len(self.kept)) if self.outranked is None else self.outranked
+        return [
+            "" if keep else lost.format(margin) if margin else why.format(score)
+            for keep, score, margin in zip(self.kept, self.noise_score, margins)
+        ]
+
+
+def best_per_item(item_ids, scores: np.ndarray) -> np.ndarray:
+    """Mask of each item's lowest-scored candidate (the first on ties)."""
+    frame = pd.DataFrame({"item": list(item_ids), "score": scores})
+    best = np.zeros(len(frame), dtype=bool)
+    best[frame.groupby("item", sort=False)["score"].idxmin().to_numpy()] = True
+    return best
+
+
+def with_outranked(decision: Decision, best: np.ndarray, scores: np.ndarray, item_ids) -> Decision:
+    """The decision on each item's best candidate, widened to every candidate: the others are dropped, each with
+    its margin over its item's best score."""
+    full_scores = np.asarray(scores, dtype=float).copy()
+    full_scores[best] = decision.noise_score
+    kept = np.zeros(len(best), dtype=bool)
+    kept[best] = decision.kept
+    best_score = pd.Series(scores[best], index=np.asarray(list(item_ids))[best])
+    margin = np.where(best, 0.0, scores - best_score.loc[list(item_ids)].to_numpy())
+    return replace(decision, noise_score=full_scores, kept=kept, outranked=np.maximum(margin, 1e-12) * ~best)
 
 
 def mean_nll(token_logprobs: list[np.ndarray]) -> np.ndarray:

@@ -144,6 +144,24 @@ def test_a_measured_noise_level_drops_that_share_of_the_highest_scores():
     assert decide("adatailr", [np.zeros(3)] * 10, Denoise(), 0, score=scores, noise_level=0.0).kept.all()
 
 
+def test_best_of_n_sends_each_items_best_candidate_to_the_method_and_records_the_rest():
+    from tasks.denoise.methods import best_per_item, with_outranked
+
+    items = ["a", "a", "a", "b", "b", "c"]
+    scores = np.array([2.0, 1.0, 1.5, 0.5, 3.0, 9.0])
+    best = best_per_item(items, scores)
+    assert list(best) == [False, True, False, True, False, True]
+    # the method sees three candidates and drops the noisiest of them (item c), not a runner-up of a or b
+    decision = decide("small_loss", [np.zeros(2)] * 3, Denoise(drop_quantile=0.34), 0, scores[best])
+    widened = with_outranked(decision, best, scores, items)
+    assert list(widened.kept) == [False, True, False, True, False, False]
+    assert list(widened.lost) == [True, False, True, False, True, False]
+    reasons = widened.reasons()
+    assert reasons[0] == "best of n: another candidate of this item scored 1.000 lower"
+    assert reasons[5].startswith("small_loss: noise score 9.000") and reasons[1] == ""
+    assert list(widened.noise_score) == list(scores)
+
+
 def test_every_noise_score_runs_on_the_real_model_and_the_fitted_one_reports_its_fit(backend, tmp_path):
     from stores.llm_cache import LLMCallCache
     from stores.registry import ModelRef
