@@ -260,7 +260,7 @@ def _report(result: dict, out: Path) -> None:
     columns += ["P/R nll", "P/R fitted", "best baseline AUROC"]
     for column in columns:
         table.add_column(column, justify="left" if column in ("noise", "scorer") else "right")
-    fmt = lambda v, spec=".3f": "—" if v is None else format(v, spec)  # noqa: E731
+    fmt = lambda v, spec=".3f": "—" if v is None or pd.isna(v) else format(v, spec)  # noqa: E731
     frame = pd.DataFrame(result["detection"])
     for (group, rate, scorer), rows in frame.groupby(["corruption", "rate", "scorer"], sort=False):
         ada = rows[rows["method"] == "adatailr"].set_index("score")

@@ -83,7 +83,7 @@ def run_experiment(params: Path, file: Path, run: bool = True, only: list[str] |
     which covers every arm's finished turns."""
     from flows.experiment_report import write_report
     from flows.turn import flywheel
-    from tasks.runner import next_turn
+    from tasks.runner import left_turns, next_turn
 
     spec, params = load_spec(file), Path(params).resolve()
     unknown = sorted(set(only or []) - set(spec.arms))
@@ -91,6 +91,14 @@ def run_experiment(params: Path, file: Path, run: bool = True, only: list[str] |
         raise ConfigError(f"{file}: no arm named {', '.join(unknown)}; arms: {', '.join(spec.arms)}")
     arms = arm_settings(params, spec)
     if run:
+        for arm, (_, settings) in arms.items():
+            changed = left_turns(settings) if not only or arm in only else []
+            if changed:
+                raise ConfigError(
+                    f"{file}: arm {arm}: turn {changed[0]} of {settings.model.registry_name} finished with other "
+                    f"params; going on would mix two recipes in one model lineage. Give the changed arm (or the "
+                    f"experiment) a new name: a new lineage starts from the base model."
+                )
         for turn in range(1, spec.turns + 1):
             for arm, (overrides, settings) in arms.items():
                 if only and arm not in only:

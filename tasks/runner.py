@@ -146,6 +146,29 @@ def turn_start_model(store: Store, registry: Registry, settings: Settings, turn:
     return champion
 
 
+def left_turns(settings: Settings) -> list[int]:
+    """Turns of this lineage that finished with other params: before the next turn, any turn not finished with
+    these params; and the next turn itself when it started but the lineage's champion has left its start model
+    (another run of it promoted). Going on would mix two recipes in one lineage."""
+    upcoming = next_turn(settings)
+    experiment_id = tracking.configure(settings.path("mlflow"), settings.experiment)
+    registry = Registry(settings.model.registry_name, experiment_id, settings.path("models"))
+    left = []
+    with Store.open(settings.path("store")) as store:
+        for turn in range(1, upcoming + 1):
+            version = store.turn_start_version(registry.name, turn)
+            if version is None:
+                continue
+            ids = batch_ids(settings, turn, registry.get(version))
+            if turn < upcoming and store.stage_run(ids["promote"]) is None:
+                left.append(turn)
+            elif turn == upcoming and registry.champion().version != version:
+                candidate = registry.find_by_tag("batch_id", ids["retrain"])  # promoted, then interrupted: ours
+                if candidate is None or candidate.version != registry.champion().version:
+                    left.append(turn)
+    return left
+
+
 def next_turn(settings: Settings) -> int:
     """The turn to run next in this lineage: the last started one while it is unfinished with these params (its
     promote batch is not recorded), else the one after it."""

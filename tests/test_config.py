@@ -85,3 +85,19 @@ def test_precision_auto_is_resolved_even_when_the_params_omit_it(tmp_path, monke
     params.write_text("model: {dtype: bfloat16}\nretrain: {bf16: true}\n")
     settings = config.load_settings(params)
     assert (settings.model.dtype, settings.retrain.bf16) == ("bfloat16", True)  # explicit wins
+
+
+def test_the_config_knows_exactly_the_defined_rewrite_strategies_and_imports_no_stage(tmp_path):
+    import subprocess
+    import sys
+    from typing import get_args
+
+    from tasks.config import StrategyName
+    from tasks.rewrite.strategies import STRATEGIES
+
+    assert set(get_args(StrategyName)) == set(STRATEGIES)
+    with pytest.raises(ConfigError, match="strategies"):
+        load_settings(write_params(tmp_path, {"rewrite": {"strategies": ["gqr", "nope"]}}))
+    probe = "import sys, tasks.config; print(sorted(m for m in ('mlflow', 'duckdb', 'tasks.stage') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

@@ -11,7 +11,7 @@ import json
 import pytest
 import yaml
 
-from tests.project import write_params
+from tests.project import git_checkout, write_params
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +36,7 @@ def experiment(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("experiment")
     params = write_params(folder, {"context": {"docs": 0}, "data": {"probe_items": 4}})
+    git_checkout(folder)  # a user's clone: every arm's published turns must be committable there
     spec_file = folder / "tiny.yaml"
     spec_file.write_text(yaml.safe_dump(SPEC))
     report = run_experiment(params, spec_file)
@@ -65,6 +66,30 @@ def test_turn_windows_advance_and_the_probe_stays_out_of_them(experiment):
     items = _table(full, "items")
     probe = set(seeded_order(items[items["split"] == "train"], full.seed)["item_id"].iloc[-full.data.probe_items :])
     assert len(probe) == 4 and not probe & set.union(*windows)
+
+
+def test_every_arms_turns_are_published_where_git_keeps_their_dvc_files(experiment):
+    import subprocess
+
+    params, _, _, arms = experiment
+    for arm, settings in arms.items():
+        for turn in (1, 2, 3):
+            dvc_file = settings.path("turns") / settings.model.registry_name / f"turn-{turn}.dvc"
+            assert dvc_file.exists(), f"{arm} turn {turn} was not published"
+            ignored = subprocess.run(["git", "check-ignore", "-q", str(dvc_file)], cwd=params.parent)
+            assert ignored.returncode == 1, f"{dvc_file} is git-ignored"
+
+
+def test_a_changed_recipe_is_refused_before_it_mixes_into_the_arms_lineage(experiment, tmp_path):
+    from flows.experiment import run_experiment
+    from tasks.config import ConfigError
+
+    params, _, _, _ = experiment
+    changed = {**SPEC, "arms": {**SPEC["arms"], "full": {"retrain": {"sft": {"learning_rate": 1.0e-4}}}}}
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump(changed))
+    with pytest.raises(ConfigError, match="arm full: turn 1 of flywheel-policy-tiny-full finished with other params"):
+        run_experiment(params, spec_file)
 
 
 def test_a_refused_candidate_leaves_the_champion_and_the_next_turn_starts_from_it(experiment):

@@ -32,8 +32,9 @@ class FinishedTurn:
         return self.settings.model.registry_name
 
     def folder(self) -> Path:
-        """Where the turn's snapshot lives in the project: one folder per lineage and turn."""
-        return self.settings.path("exports").parent / "turns" / self.lineage / f"turn-{self.turn}"
+        """Where the turn's snapshot lives in the project: one folder per lineage and turn (experiment arms are
+        lineages of their own, so they share `paths.turns`, which git does not ignore)."""
+        return self.settings.path("turns") / self.lineage / f"turn-{self.turn}"
 
 
 def load_turn(settings: Settings, turn: int) -> FinishedTurn:

@@ -3,8 +3,9 @@ selection prompt that picks a subset per query.
 
 The pool is open: a strategy is a name, a prompt template with `{query}`, a description and a usage guideline (both
 shown to the selector), and whether its output replaces the query or is appended to it (PAR appends the model's
-pseudo-answer to the original, HyDE-like). Add one to `STRATEGIES` and it is offered to the selector, the CLI and
-the benchmark.
+pseudo-answer to the original, HyDE-like). Add one to `STRATEGIES` (and its name to `StrategyName` in
+tasks/config.py, which validates params without importing stages) and it is offered to the selector, the CLI and the
+benchmark.
 """
 
 from __future__ import annotations
