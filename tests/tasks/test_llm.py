@@ -26,6 +26,24 @@ def test_a_completion_depends_on_prompt_and_seed_not_on_the_batch(backend):
     assert {tuple(g.token_ids) for g in other_seed} != {tuple(alone.token_ids)}
 
 
+def test_a_prompt_sent_n_times_is_prefilled_once_and_samples_as_if_alone(backend, monkeypatch):
+    shared, distinct_rows = backend._shared_prefill, []
+
+    def spy(ids, mask):
+        cache = shared(ids, mask)
+        distinct_rows.append(None if cache is None else len(ids.unique(dim=0)))
+        return cache
+
+    monkeypatch.setattr(backend, "_shared_prefill", spy)
+    together = backend.generate([LONG, LONG, SHORT, LONG], SAMPLED, [1, 2, 7, 3])
+    assert distinct_rows == [2]  # one batch, two distinct prompts prefilled
+    monkeypatch.setattr(backend, "_shared_prefill", shared)
+    alone = [backend.generate([p], SAMPLED, [s])[0] for p, s in ((LONG, 1), (LONG, 2), (SHORT, 7), (LONG, 3))]
+    assert [g.token_ids for g in together] == [g.token_ids for g in alone]
+    assert all(abs(a - b) < 1e-3 for x, y in zip(together, alone) for a, b in zip(x.token_logprobs, y.token_logprobs))
+    assert len({tuple(g.token_ids) for g in together[:2] + together[3:]}) > 1  # the seeds still differ
+
+
 def test_rows_batched_by_length_come_back_in_the_callers_order(backend, monkeypatch):
     monkeypatch.setattr(backend, "batch_size", 2)  # LONG and MEDIUM share a batch, SHORT goes first on its own
     medium = [{"role": "user", "content": LONG[0]["content"][:150]}]
