@@ -142,17 +142,46 @@ class TransformersBackend:
         results: list[Scored | None] = [None] * len(encoded)
         for batch in self._batches([len(p) + len(c) for p, c in encoded]):
             pairs = [encoded[i] for i in batch]
-            input_ids, attention_mask = self._left_pad([p + c for p, c in pairs])
-            positions_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-            # Completions are right-aligned (left padding): only the last `kept` positions predict them, so only
-            # those go through the LM head (full-vocabulary logits for every prompt position cost more than the
-            # forward pass and made batching slower than one at a time).
-            kept = max(len(c) for _, c in pairs) + 1
-            logits = self.model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_ids, logits_to_keep=kept
-            ).logits.float()
-            for row, (index, (_, completion)) in enumerate(zip(batch, pairs)):
-                predicting = logits[row, kept - len(completion) - 1 : kept - 1]
-                picked = predicting.gather(-1, torch.tensor(completion)[:, None])[:, 0]
-                results[index] = Scored((picked - predicting.logsumexp(-1)).tolist())
+            distinct = {tuple(p) for p, _ in pairs}
+            scored = self._score_after_prefix(pairs) if len(distinct) < len(pairs) else self._score_whole(pairs)
+            for index, logprobs in zip(batch, scored):
+                results[index] = Scored(logprobs)
         return results
+
+    def _score_whole(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        input_ids, attention_mask = self._left_pad([p + c for p, c in pairs])
+        positions_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        # Completions are right-aligned (left padding): only the last `kept` positions predict them, so only those
+        # go through the LM head (full-vocabulary logits for every prompt position cost more than the forward pass
+        # and made batching slower than one at a time).
+        kept = max(len(c) for _, c in pairs) + 1
+        logits = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_ids, logits_to_keep=kept
+        ).logits.float()
+        return [
+            _picked(logits[row, kept - len(completion) - 1 : kept - 1], completion)
+            for row, (_, completion) in enumerate(pairs)
+        ]
+
+    def _score_after_prefix(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        """Rows that share a prompt (n candidates of one item): each distinct prompt but its last token runs once
+        (`_shared_prefill`), then every row feeds its prompt's last token and its completion, right-padded."""
+        prompt_ids, prompt_mask = self._left_pad([p for p, _ in pairs])
+        prefix = self._shared_prefill(prompt_ids, prompt_mask)
+        width = max(len(c) for _, c in pairs)
+        fed = torch.tensor([[p[-1], *c[:-1]] + [self.pad_id] * (width - len(c)) for p, c in pairs])
+        fed_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for _, c in pairs])
+        start = prompt_mask.sum(-1, keepdim=True) - 1  # the last prompt token's position
+        logits = self.model(
+            input_ids=fed,
+            attention_mask=torch.cat([prompt_mask[:, :-1], fed_mask], dim=1),
+            position_ids=start + torch.arange(width),
+            past_key_values=prefix,
+        ).logits.float()
+        return [_picked(logits[row, : len(c)], c) for row, (_, c) in enumerate(pairs)]
+
+
+def _picked(predicting: torch.Tensor, completion: list[int]) -> list[float]:
+    """Log-probs of `completion`'s tokens under the logits that predict them."""
+    picked = predicting.gather(-1, torch.tensor(completion)[:, None])[:, 0]
+    return (picked - predicting.logsumexp(-1)).tolist()

@@ -44,6 +44,17 @@ def test_a_prompt_sent_n_times_is_prefilled_once_and_samples_as_if_alone(backend
     assert len({tuple(g.token_ids) for g in together[:2] + together[3:]}) > 1  # the seeds still differ
 
 
+def test_scoring_candidates_of_one_prompt_after_its_shared_prefix_equals_scoring_each_alone(backend):
+    prompts = [LONG, LONG, SHORT, LONG]
+    completions = ["A survey of retrieval", "Knowledge graphs and language models, a very long title", "GNNs", "RAG"]
+    together = backend.score(prompts, completions)
+    alone = [backend.score([p], [c])[0] for p, c in zip(prompts, completions)]
+    assert [len(s.token_logprobs) for s in together] == [len(s.token_logprobs) for s in alone]
+    assert all(
+        abs(a - b) < 1e-3 for x, y in zip(together, alone) for a, b in zip(x.token_logprobs, y.token_logprobs)
+    )
+
+
 def test_rows_batched_by_length_come_back_in_the_callers_order(backend, monkeypatch):
     monkeypatch.setattr(backend, "batch_size", 2)  # LONG and MEDIUM share a batch, SHORT goes first on its own
     medium = [{"role": "user", "content": LONG[0]["content"][:150]}]
