@@ -50,9 +50,7 @@ def test_scoring_candidates_of_one_prompt_after_its_shared_prefix_equals_scoring
     together = backend.score(prompts, completions)
     alone = [backend.score([p], [c])[0] for p, c in zip(prompts, completions)]
     assert [len(s.token_logprobs) for s in together] == [len(s.token_logprobs) for s in alone]
-    assert all(
-        abs(a - b) < 1e-3 for x, y in zip(together, alone) for a, b in zip(x.token_logprobs, y.token_logprobs)
-    )
+    assert all(abs(a - b) < 1e-3 for x, y in zip(together, alone) for a, b in zip(x.token_logprobs, y.token_logprobs))
 
 
 def test_rows_batched_by_length_come_back_in_the_callers_order(backend, monkeypatch):
