@@ -162,9 +162,9 @@ def left_turns(settings: Settings) -> list[int]:
             ids = batch_ids(settings, turn, registry.get(version))
             if turn < upcoming and store.stage_run(ids["promote"]) is None:
                 left.append(turn)
-            elif turn == upcoming and registry.champion().version != version:
+            elif turn == upcoming and (champion := registry.champion().version) != version:
                 candidate = registry.find_by_tag("batch_id", ids["retrain"])  # promoted, then interrupted: ours
-                if candidate is None or candidate.version != registry.champion().version:
+                if candidate is None or candidate.version != champion:
                     left.append(turn)
     return left
 

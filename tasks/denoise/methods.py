@@ -32,19 +32,19 @@ class Decision:
     threshold: float  # noise scores at or above were dropped (inf: nothing dropped by threshold)
     gamma: float  # TaiLr γ for training the kept annotations; 0 = MLE
     noise_level: float | None  # estimated noise fraction, where the method estimates one
-    outranked: np.ndarray | None = None  # best-of-n: candidates another candidate of their item outscored
+    outranked: np.ndarray | None = None  # best-of-n: each candidate's margin over its item's best (NaN: the best)
 
     @property
     def lost(self) -> np.ndarray:
         """Mask of the candidates outranked by another of their item (best-of-n)."""
-        return np.zeros(len(self.kept), bool) if self.outranked is None else self.outranked > 0
+        return np.zeros(len(self.kept), bool) if self.outranked is None else ~np.isnan(self.outranked)
 
     def reasons(self) -> list[str]:
         why = f"{self.method}: noise score {{:.3f}} >= threshold {self.threshold:.3f}"
         lost = "best of n: another candidate of this item scored {:.3f} lower"
-        margins = np.zeros(len(self.kept)) if self.outranked is None else self.outranked
+        margins = np.full(len(self.kept), np.nan) if self.outranked is None else self.outranked
         return [
-            "" if keep else lost.format(margin) if margin else why.format(score)
+            "" if keep else why.format(score) if np.isnan(margin) else lost.format(margin)
             for keep, score, margin in zip(self.kept, self.noise_score, margins)
         ]
 
@@ -65,8 +65,8 @@ def with_outranked(decision: Decision, best: np.ndarray, scores: np.ndarray, ite
     kept = np.zeros(len(best), dtype=bool)
     kept[best] = decision.kept
     best_score = pd.Series(scores[best], index=np.asarray(list(item_ids))[best])
-    margin = np.where(best, 0.0, scores - best_score.loc[list(item_ids)].to_numpy())
-    return replace(decision, noise_score=full_scores, kept=kept, outranked=np.maximum(margin, 1e-12) * ~best)
+    margin = np.where(best, np.nan, scores - best_score.loc[list(item_ids)].to_numpy())
+    return replace(decision, noise_score=full_scores, kept=kept, outranked=margin)
 
 
 def mean_nll(token_logprobs: list[np.ndarray]) -> np.ndarray:
