@@ -1,8 +1,17 @@
 """The TaiLr-weighted SFT loss on the real model: it equals the hand-computed weighted NLL of the batch, reduces
-to plain SFT at γ = 0, and trains."""
+to plain SFT at γ = 0, and trains. The SFT and DPO losses are checked with TRL's LM head as it comes and with the
+compaction `fit` trains under (tasks/retrain/fit.py): only labelled positions projected, the same loss."""
+
+import contextlib
 
 import pytest
 import torch
+
+from tasks.retrain.fit import compact_lm_head
+
+
+def lm_head(compact: bool):
+    return compact_lm_head() if compact else contextlib.nullcontext()
 
 
 def cpu_args(config_cls, out, steps: int, batch: int, **extra):
@@ -60,12 +69,13 @@ def _hand_loss(model, batch, gamma, min_weight):
     return -(weights * logprobs)[mask].sum() / mask.sum(), -(logprobs[mask]).mean()
 
 
-def test_tailr_loss_is_the_weighted_nll_and_mle_at_gamma_zero(trainer_factory):
+@pytest.mark.parametrize("compact", [False, True])
+def test_tailr_loss_is_the_weighted_nll_and_mle_at_gamma_zero(trainer_factory, compact):
     for gamma in (0.8, 0.0):
         trainer = trainer_factory(gamma)
         trainer.model.eval()
         batch = next(iter(trainer.get_train_dataloader()))
-        with torch.no_grad():
+        with torch.no_grad(), lm_head(compact):
             loss = trainer.compute_loss(trainer.model, dict(batch))
         weighted, plain = _hand_loss(trainer.model, batch, gamma, 0.2)
         assert loss.item() == pytest.approx(weighted.item(), rel=1e-4)
@@ -130,13 +140,14 @@ def _completion_logps(model, batch):
     return (logprobs * mask).sum(dim=1)
 
 
-def test_dual_clip_trainer_loss_is_the_hand_computed_clipped_dpo_loss(dual_clip_trainer):
+@pytest.mark.parametrize("compact", [False, True])
+def test_dual_clip_trainer_loss_is_the_hand_computed_clipped_dpo_loss(dual_clip_trainer, compact):
     import math
 
     trainer = dual_clip_trainer
     trainer.model.eval()
     batch = next(iter(trainer.get_train_dataloader()))
-    with torch.no_grad():
+    with torch.no_grad(), lm_head(compact):
         loss = trainer.compute_loss(trainer.model, dict(batch))
     rewards = 0.5 * (_completion_logps(trainer.model, batch) - _completion_logps(trainer.ref_model, batch))
     chosen, rejected = rewards.chunk(2)
