@@ -18,6 +18,10 @@ def _note(stage: str, m: dict, summary: dict) -> str:
         )
     if stage == "context":
         return f"{int(m.get('docs_per_item', 0))} related documents per item in caption prompts"
+    if stage == "refine":
+        if summary.get("refined_version") is None:
+            return "no refinement: the turn's starting model annotates"
+        return f"v{summary['refined_version']}: {m.get('steps', 0)} SFT steps on {m.get('examples', 0)} human titles"
     if stage == "annotate":
         return f"mean token log-prob {m.get('mean_logprob', float('nan')):.2f}"
     if stage == "denoise":

@@ -118,8 +118,10 @@ class Registry:
         found = self.client.get_model_version(self.name, str(version))
         return ModelRef(self.name, int(found.version), found.tags["fingerprint"], self._local(found))
 
-    def find_by_tag(self, key: str, value: str) -> ModelRef | None:
-        found = self.client.search_model_versions(f"name = '{self.name}' and tags.{key} = '{value}'")
+    def find(self, **tags: str) -> ModelRef | None:
+        """The version carrying every one of these tags (e.g. batch_id=..., or turn="2", role="candidate")."""
+        where = " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
+        found = self.client.search_model_versions(f"name = '{self.name}' and {where}")
         return self.get(int(found[0].version)) if found else None
 
     def champion(self) -> ModelRef:

@@ -123,9 +123,19 @@ class Model(Strict):
         return ("bfloat16" if native_bf16() else "float32") if dtype == "auto" else dtype
 
 
+class Refine(Strict):
+    """Human refinement first: the turn's model is fine-tuned on the turn's human titles, then annotates."""
+
+    items_per_turn: int = Field(32, ge=0)  # the turn's window of human-split items
+    max_steps: int = Field(16, ge=0)  # 0: no refinement (the turn's model annotates as it is)
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    learning_rate: float = Field(5e-5, gt=0.0, le=1e-2)
+
+
 class Annotate(Strict):
     items_per_turn: int = Field(32, ge=1)
-    teacher_version: int | None = Field(None, ge=1)  # a registered model version annotates instead of the champion
+    teacher_version: int | None = Field(None, ge=1)  # a registered version annotates instead of the refined model
     candidates: int = Field(1, ge=1, le=16)
     sampling: Sampling = Sampling(temperature=0.7, top_p=0.95, max_new_tokens=32)
 
@@ -204,7 +214,7 @@ class Sft(Strict):
     batch_size: int = Field(4, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
     learning_rate: float = Field(5e-5, gt=0.0, le=1e-2)
-    human_items_per_turn: int = Field(32, ge=0)
+    human_items_per_turn: int = Field(0, ge=0)  # human titles replayed here (refine trains them first)
     human_order: Literal["after", "before", "mixed"] = "after"  # the paper refines on human data last
     # share of SFT steps (after/before) or of mixed examples (mixed) for human data; null: proportional to its size
     human_share: float | None = Field(None, ge=0.0, le=1.0)
@@ -260,7 +270,7 @@ class Promote(Strict):
         return band
 
 
-SKIPPABLE = ("annotate", "denoise", "preference", "rewrite")  # stages whose tables the turn can do without
+SKIPPABLE = ("refine", "annotate", "denoise", "preference", "rewrite")  # stages whose tables the turn can do without
 
 
 class Settings(Strict):
@@ -271,6 +281,7 @@ class Settings(Strict):
     paths: Paths = Paths()
     data: Data = Data()
     model: Model = Model()
+    refine: Refine = Refine()
     annotate: Annotate = Annotate()
     denoise: Denoise = Denoise()
     preference: Preference = Preference()

@@ -35,6 +35,7 @@ from tasks.evaluate import STAGE as EVALUATE
 from tasks.ingest import STAGE as INGEST
 from tasks.llm.cached import CachedLLM, Usage
 from tasks.preference import STAGE as PREFERENCE
+from tasks.refine import STAGE as REFINE
 from tasks.retrain import STAGE as RETRAIN
 from tasks.rewrite import STAGE as REWRITE
 from tasks.rewrite.context import STAGE as CONTEXT
@@ -42,7 +43,7 @@ from tasks.stage import StageContext, StageDef, StageOutput
 from tasks.validate import validate
 
 STAGES: dict[str, StageDef] = {
-    s.name: s for s in (INGEST, CONTEXT, ANNOTATE, DENOISE, PREFERENCE, REWRITE, RETRAIN, EVALUATE, PROMOTE)
+    s.name: s for s in (INGEST, CONTEXT, REFINE, ANNOTATE, DENOISE, PREFERENCE, REWRITE, RETRAIN, EVALUATE, PROMOTE)
 }
 
 
@@ -163,8 +164,8 @@ def left_turns(settings: Settings) -> list[int]:
             if turn < upcoming and store.stage_run(ids["promote"]) is None:
                 left.append(turn)
             elif turn == upcoming and (champion := registry.champion().version) != version:
-                candidate = registry.find_by_tag("batch_id", ids["retrain"])  # promoted, then interrupted: ours
-                if candidate is None or candidate.version != champion:
+                retrained = store.stage_run(ids["retrain"])  # promoted, then interrupted: our candidate
+                if retrained is None or retrained.summary.get("candidate_version") != champion:
                     left.append(turn)
     return left
 

@@ -60,6 +60,15 @@ class StageContext:
         """The cached model client for the turn's starting model."""
         return self.llm_factory(self.start_model)
 
+    @cached_property
+    def turn_model(self) -> ModelRef:
+        """The model this turn's data work starts from: the start model refined on the turn's human titles (the
+        `refine` stage), or the start model itself where refinement is off or not upstream."""
+        if "refine" not in self.upstream:
+            return self.start_model
+        version = self.upstream_summary("refine").get("refined_version")
+        return self.start_model if version is None else self.registry.get(version)
+
     def read(self, stage: str, table: str) -> pd.DataFrame:
         return self.store.read(table, self.upstream[stage])
 

@@ -18,11 +18,12 @@ TINY = {
     "seed": 13,
     "data": {"max_signal_chars": 300, "probe_items": 0},  # no probe: model-call counts are the window's
     "model": {"batch_size": 8},
+    "refine": {"items_per_turn": 4, "max_steps": 1},
     "annotate": {"items_per_turn": 8, "candidates": 1},  # one model call per item (tests count them)
     "preference": {"prompts_per_turn": 4, "human_prompts_per_turn": 2},
     "rewrite": {"queries_per_turn": 4},
     "retrain": {
-        "sft": {"max_steps": 2, "batch_size": 4, "human_items_per_turn": 4},
+        "sft": {"max_steps": 2, "batch_size": 4, "human_items_per_turn": 4},  # replays the refined titles
         "dpo": {"max_steps": 2, "batch_size": 2, "gradient_accumulation": 1},
     },
     "evaluate": {"items": 4},

@@ -22,7 +22,7 @@ def test_an_unknown_stage(tmp_path, capsys):
 def test_a_stage_before_its_upstream(tmp_path, capsys):
     assert main(["--params", str(write_params(tmp_path)), "stage", "denoise"]) == 2
     error = capsys.readouterr().err
-    assert "needs ingest, context, annotate first" in error and "flywheel stage ingest --turn 1" in error
+    assert "needs ingest, context, refine, annotate first" in error and "flywheel stage ingest --turn 1" in error
 
 
 def test_a_missing_items_file(tmp_path, capsys):

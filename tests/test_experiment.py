@@ -120,10 +120,10 @@ def test_later_turns_start_from_the_champion_and_use_the_previous_role(experimen
         starts = [store.turn_start_version(settings.model.registry_name, t) for t in (1, 2, 3)]
     full = report.rows[report.rows["arm"] == "full"].set_index("turn")
     for turn in (1, 2):  # the next turn starts from the champion the gate left
-        candidate = registry.find_by_tag("turn", str(turn)).version
+        candidate = registry.find(turn=str(turn), role="candidate").version
         assert starts[turn] == (candidate if full.loc[turn, "promoted"] else starts[turn - 1])
     assert registry.champion().version == (
-        registry.find_by_tag("turn", "3").version if full.loc[3, "promoted"] else starts[2]
+        registry.find(turn="3", role="candidate").version if full.loc[3, "promoted"] else starts[2]
     )
     responses = _table(settings, "preference_responses")
     runs = _table(settings, "stage_runs").set_index("batch_id")

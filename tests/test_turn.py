@@ -124,12 +124,14 @@ def test_mlflow_shows_the_turn_its_stages_and_the_registered_versions(turn):
     by_stage = {r.data.tags["flywheel.stage"]: r.info.run_id for r in children}
     assert "noise_scores.png" in [a.path for a in client.list_artifacts(by_stage["denoise"])]
     assert "scoreboard.png" in [a.path for a in client.list_artifacts(by_stage["evaluate"])]
-    versions = sorted(int(v.version) for v in client.search_model_versions("name = 'flywheel-policy'"))
-    assert versions == [1, 2]
+    versions = {int(v.version): v.tags for v in client.search_model_versions("name = 'flywheel-policy'")}
+    assert sorted(versions) == [1, 2, 3]  # base, refined on the human titles, candidate trained from the refined one
+    assert versions[2]["role"] == "refined" and versions[3]["role"] == "candidate"
+    assert versions[2]["parent_version"] == "1" and versions[3]["parent_version"] == "2"
     promoted = next(r for r in results if r["stage"] == "promote")["summary"]["promoted"]
     champion = client.get_model_version_by_alias("flywheel-policy", "champion")
-    assert int(champion.version) == (2 if promoted else 1)
-    assert int(client.get_model_version_by_alias("flywheel-policy", "candidate").version) == 2
+    assert int(champion.version) == (3 if promoted else 1)
+    assert int(client.get_model_version_by_alias("flywheel-policy", "candidate").version) == 3
 
 
 def test_rerunning_the_finished_turn_makes_no_model_call(turn, monkeypatch):
@@ -241,7 +243,7 @@ def test_dvc_repro_reuses_the_turn_and_a_param_change_reruns_only_its_dependents
         return done.stdout
 
     output = run("repro")
-    assert output.count("[cached]") == 9  # every stage found its batch in the store: nothing recomputed
+    assert output.count("[cached]") == 10  # every stage found its batch in the store: nothing recomputed
     assert "up to date" in run("status")
 
     def rerun_after(section, key, value):
@@ -312,7 +314,7 @@ def test_each_turn_is_a_dvc_version_in_the_remote_and_checkout_restores_it_byte_
         assert (remote / "files" / "md5" / model.tags["data.md5"][:2] / f"{model.tags['data.md5'][2:]}.dir").is_file()
 
     sft = load_dataset(str(turns[2] / "dataset"), "sft")["train"]
-    assert len(sft) >= 1 and set(sft["kind"]) == {"sft-human"}  # turn 2 skipped annotation: human rows only
+    assert set(sft["kind"]) == {"sft-refine", "sft-human"}  # turn 2 skipped annotation: human rows only
     assert [m["role"] for m in sft[0]["prompt"]] == ["system", "user"]
     assert sft[0]["completion"][0]["role"] == "assistant"
     dpo = load_dataset(str(turns[1] / "dataset"), "dpo")["train"]

@@ -1,5 +1,6 @@
-"""Synthetic annotation: the turn's model, or a named teacher version (`annotate.teacher_version`), captions each of
-the turn's train items from all of its signals (the prompt template lives in tasks/prompts.py). Both go through the
+"""Synthetic annotation: the turn's model as the `refine` stage left it (refined on the turn's human titles, or the
+champion where refinement is off), or a named teacher version (`annotate.teacher_version`), captions each of the
+turn's train items from all of its signals (the prompt template lives in tasks/prompts.py). Both go through the
 same cached generation backend.
 
 Several candidates per item (count and sampling are params); each keeps its mean and min token log-prob and its
@@ -71,7 +72,8 @@ def probe_quality(probe: pd.DataFrame, llm, cfg: Annotate, max_signal_chars: int
 def run(ctx: StageContext) -> StageOutput:
     cfg, max_chars, seed = ctx.settings.annotate, ctx.settings.data.max_signal_chars, ctx.settings.seed
     items = ctx.turn_slice("train", cfg.items_per_turn)
-    annotator = ctx.llm if cfg.teacher_version is None else ctx.llm_factory(ctx.registry.get(cfg.teacher_version))
+    teacher = ctx.turn_model if cfg.teacher_version is None else ctx.registry.get(cfg.teacher_version)
+    annotator = ctx.llm_factory(teacher)
     frame = annotate(items, annotator, cfg, max_chars, seed)
     metrics = {"mean_logprob": float(frame["mean_logprob"].mean()), "unfinished": int((~frame["finished"]).sum())}
     metrics |= probe_quality(ctx.probe(), annotator, cfg, max_chars, seed)
@@ -79,5 +81,9 @@ def run(ctx: StageContext) -> StageOutput:
 
 
 STAGE = StageDef(
-    name="annotate", outputs=(ANNOTATIONS,), upstream=("ingest", "context"), sections=("data", "annotate"), run=run
+    name="annotate",
+    outputs=(ANNOTATIONS,),
+    upstream=("ingest", "context", "refine"),
+    sections=("data", "annotate"),
+    run=run,
 )

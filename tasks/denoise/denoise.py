@@ -1,5 +1,6 @@
-"""Noise control: every annotation gets a noise score from the current model, the noisy tail is dropped (recorded,
-not deleted) and the kept annotations train with the method's TaiLr γ (`retrain` reads it from this stage).
+"""Noise control: every annotation gets a noise score from the turn's model (the annotator, refined on the turn's
+human titles), the noisy tail is dropped (recorded, not deleted) and the kept annotations train with the method's
+TaiLr γ (`retrain` reads it from this stage).
 
 The noise score (`denoise.score`: NLL, PMI against the item-less prompt, MiniLM content distance, or a fit of the
 three on trusted human-split pairs; tasks/denoise/scores.py) and the method (`denoise.method`: AdaTaiLr by default,
@@ -134,7 +135,8 @@ def run(ctx: StageContext) -> StageOutput:
     items = ctx.prompt_items()
     trusted = ctx.turn_slice("human", cfg.trusted_items) if cfg.score == "fitted" else items.iloc[0:0]
     chars, seed = ctx.settings.data.max_signal_chars, ctx.settings.seed
-    decision, fit_metrics = noise_decision(cfg, annotations, items, trusted, ctx.llm, chars, seed)
+    scorer = ctx.llm_factory(ctx.turn_model)
+    decision, fit_metrics = noise_decision(cfg, annotations, items, trusted, scorer, chars, seed)
     frame = decision_table(annotations, decision)
     outranked = decision.lost
     if len(frame):
@@ -155,7 +157,7 @@ def run(ctx: StageContext) -> StageOutput:
 STAGE = StageDef(
     name="denoise",
     outputs=(DENOISED,),
-    upstream=("ingest", "context", "annotate"),
+    upstream=("ingest", "context", "refine", "annotate"),
     sections=("data", "denoise"),
     run=run,
 )

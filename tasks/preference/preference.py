@@ -128,7 +128,7 @@ def model_roles(ctx: StageContext) -> dict:
     return {
         "champion": ctx.start_model,
         "previous": ctx.registry.get(previous) if previous is not None else None,
-        "base": ctx.registry.find_by_tag("origin", "packaged-gguf"),
+        "base": ctx.registry.find(origin="packaged-gguf"),
     }
 
 

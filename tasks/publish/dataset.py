@@ -2,7 +2,8 @@
 conversational format, so `load_dataset(folder, "sft")` feeds an `SFTTrainer` and `"dpo"` a `DPOTrainer` as is.
 
 - `sft-<hash>.parquet`: prompt (system + user messages), completion (the assistant message), and lineage: item_id, kind
-  (sft-synthetic | sft-human), phase, source (the annotating model, or `human`), noise_score, turn, batch_id.
+  (sft-refine: the human titles the `refine` stage trained on first, phase 0 | sft-synthetic | sft-human), phase,
+  source (the annotating model, or `human`), noise_score, turn, batch_id.
 - `dpo-<hash>.parquet`: prompt, chosen, rejected (assistant messages), and lineage: item_id, round, label_source,
   corrected, chosen_generator, rejected_generator, chosen_score, rejected_score, turn, batch_id.
 - `README.md`: the dataset card (YAML configs for `load_dataset`, then how the data was made, counted and licensed).
@@ -48,7 +49,11 @@ def training_sets(turn: FinishedTurn) -> tuple[pd.DataFrame, pd.DataFrame]:
     def assistant(text: str) -> list[dict]:
         return [{"role": "assistant", "content": text}]
 
+    refined = turn.tables["refinement_examples"]
     examples = turn.tables["training_examples"][["item_id", "candidate", "kind", "phase", "target"]]
+    if len(refined):
+        refined = refined[["item_id", "target"]].assign(candidate=0, kind="sft-refine", phase=0)
+        examples = pd.concat([refined, examples.assign(phase=examples["phase"] + 1)], ignore_index=True)
     annotations = turn.tables["denoised"][["item_id", "candidate", "noise_score", "model_version"]]
     sft = examples[examples["kind"] != "dpo"].merge(annotations, on=["item_id", "candidate"], how="left")
     sft = pd.DataFrame(
@@ -62,8 +67,10 @@ def training_sets(turn: FinishedTurn) -> tuple[pd.DataFrame, pd.DataFrame]:
             "noise_score": sft["noise_score"],
         }
     )
-    pairs_file = turn.candidate.path / DPO_PAIRS
-    pairs = pd.read_json(pairs_file, orient="records", lines=True, dtype={"item_id": str})
+    pairs_file = turn.candidate.path / DPO_PAIRS  # absent when the candidate is the refined model itself
+    pairs = pd.DataFrame()
+    if pairs_file.exists():
+        pairs = pd.read_json(pairs_file, orient="records", lines=True, dtype={"item_id": str})
     dpo = pd.DataFrame(
         {
             "prompt": [prompt(i) for i in pairs.get("item_id", [])],
@@ -141,8 +148,8 @@ def dataset_card(turn: FinishedTurn, sft: pd.DataFrame, dpo: pd.DataFrame, files
     ingest, evaluate = metric["ingest"], metric["evaluate"]
     noise = records["denoise"].summary
     kinds = sft["kind"].value_counts().to_dict()
-    params = {name: getattr(settings, name).model_dump(mode="json") for name in ("data", "annotate", "denoise")}
-    params |= {name: getattr(settings, name).model_dump(mode="json") for name in ("preference", "retrain")}
+    sections = ("data", "refine", "annotate", "denoise", "preference", "retrain")
+    params = {name: getattr(settings, name).model_dump(mode="json") for name in sections}
     return f"""---
 {yaml.safe_dump(header, sort_keys=False).strip()}
 ---
@@ -175,7 +182,8 @@ related documents retrieved from the corpus). The prompt column holds the exact 
 {preference.get("responses", 0)} / {preference.get("responses_filtered", 0)} |
 | preference pairs kept / corrected by human labels | {preference.get("pairs", 0)} / \
 {preference.get("pairs_corrected", 0)} |
-| SFT rows: synthetic / human | {kinds.get("sft-synthetic", 0)} / {kinds.get("sft-human", 0)} |
+| SFT rows: human refinement (refine) / synthetic / human replayed | {kinds.get("sft-refine", 0)} / \
+{kinds.get("sft-synthetic", 0)} / {kinds.get("sft-human", 0)} |
 | DPO pairs trained (all rounds) | {len(dpo)} |
 
 ## Noise control and preference statistics

@@ -1,11 +1,12 @@
-"""Retraining: TRL SFT on the kept annotations and the human-refinement examples, then DPO rounds on the preference
+"""Retraining: TRL SFT on the kept annotations (and any human titles replayed here), then DPO rounds on the preference
 pairs (dual-clip reward, reference update and policy regeneration each round, optional weak-to-strong extrapolation:
-tasks/retrain/dpo.py), starting from the turn's model. The result is logged to MLflow and registered as the next
-`flywheel-policy` version with the alias `candidate`; promotion is a separate, explicit gate
-(`tasks/evaluate/promote.py`).
+tasks/retrain/dpo.py), starting from the turn's model as the `refine` stage left it (refined on the turn's human
+titles, or the champion where refinement is off). The result is logged to MLflow and registered as the next
+`flywheel-policy` version with the alias `candidate`; with nothing to train, the candidate is that starting model
+itself. Promotion is a separate, explicit gate (`tasks/evaluate/promote.py`).
 
-As in the Video DataFlywheel recipe, synthetic data trains first and the human refinement set last (`human_order`
-param: after / before / mixed); each SFT phase gets a share of `max_steps` proportional to its size. A model
+Human titles replayed here (`human_items_per_turn`, 0 by default since `refine` trains them) are ordered by
+`human_order` (after / before / mixed); each SFT phase gets a share of `max_steps` proportional to its size. A model
 registered for this batch is reused, so a retried stage never trains or registers twice.
 
 Input: `denoised` (kept rows), `items` (human split, this turn's window), `preference_pairs` (kept rows).
@@ -21,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from stores.registry import CANDIDATE, WEIGHTS, sha256_file
+from stores.registry import CANDIDATE, WEIGHTS, ModelRef, sha256_file
 from stores.schema import Column, TableSpec
 from tasks.config import Retrain, Sft
 from tasks.prompts import caption_messages
@@ -170,31 +171,47 @@ def training_data(ctx: StageContext) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
     return synthetic.reset_index(drop=True), human, pairs
 
 
+def train_and_register(ctx: StageContext, start: ModelRef, fit_into, role: str) -> ModelRef:
+    """The model `fit_into(staging)` trains from `start` (it returns per-step losses {name: [loss, ...]} and saves
+    the model to staging/model), logged to MLflow and registered with this batch's id; a version already
+    registered for this batch is returned without training (a retried stage never trains twice)."""
+    found = ctx.registry.find(batch_id=ctx.batch_id)
+    if found is not None:
+        return found
+    staging = Path(tempfile.mkdtemp(prefix=".train-", dir=ctx.settings.path("models")))
+    try:
+        for name, values in fit_into(staging).items():
+            for step, value in enumerate(values, start=1):
+                ctx.mlrun.log_metrics({name: value}, step=step)
+        source = ctx.mlrun.log_artifacts(staging / "model", "model")
+        tags = {"batch_id": ctx.batch_id, "turn": str(ctx.turn), "parent_version": str(start.version), "role": role}
+        return ctx.registry.register(source, ctx.mlrun.run_id, sha256_file(staging / "model" / WEIGHTS), tags)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def run(ctx: StageContext) -> StageOutput:
     cfg = ctx.settings.retrain
     synthetic, human, pairs = training_data(ctx)
     phases = sft_phases(synthetic, human, cfg.sft, ctx.settings.seed) if cfg.sft.max_steps else []
     noise_control = ctx.upstream_summary("denoise")
-    candidate = ctx.registry.find_by_tag("batch_id", ctx.batch_id)
-    if candidate is None:
-        staging = Path(tempfile.mkdtemp(prefix=".train-", dir=ctx.settings.path("models")))
-        try:
-            tailr = (noise_control.get("gamma", 0.0), noise_control.get("min_weight", 0.0))  # none if skipped
-            refresh = policy_refresher(ctx, staging) if cfg.dpo.regenerate else None
-            losses, trained_pairs = train(
-                ctx.start_model.path, phases, pairs, cfg, ctx.settings.seed, staging, tailr, refresh
-            )
-            for name, values in losses.items():
-                for step, value in enumerate(values, start=1):
-                    ctx.mlrun.log_metrics({name: value}, step=step)
-            trained_pairs.drop(columns="prompt").to_json(staging / "model" / DPO_PAIRS, orient="records", lines=True)
-            source = ctx.mlrun.log_artifacts(staging / "model", "model")
-            tags = {"batch_id": ctx.batch_id, "turn": str(ctx.turn), "parent_version": str(ctx.start_model.version)}
-            candidate = ctx.registry.register(source, ctx.mlrun.run_id, sha256_file(staging / "model" / WEIGHTS), tags)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    start = ctx.turn_model
+
+    def fit_into(staging: Path) -> dict[str, list[float]]:
+        tailr = (noise_control.get("gamma", 0.0), noise_control.get("min_weight", 0.0))  # none if skipped
+        refresh = policy_refresher(ctx, staging) if cfg.dpo.regenerate else None
+        losses, trained = train(start.path, phases, pairs, cfg, ctx.settings.seed, staging, tailr, refresh)
+        trained.drop(columns="prompt").to_json(staging / "model" / DPO_PAIRS, orient="records", lines=True)
+        return losses
+
+    trains = bool(phases) or bool(len(pairs) and cfg.dpo.max_steps)
+    candidate = train_and_register(ctx, start, fit_into, "candidate") if trains else start
     ctx.registry.set_alias(CANDIDATE, candidate.version)
-    trained_pairs = pd.read_json(candidate.path / DPO_PAIRS, orient="records", lines=True, dtype={"item_id": str})
+    trained_pairs = (
+        pd.read_json(candidate.path / DPO_PAIRS, orient="records", lines=True, dtype={"item_id": str})
+        if trains
+        else pairs.iloc[0:0].assign(round=0)
+    )
     dpo_rows = pd.DataFrame(
         {
             "item_id": trained_pairs.get("item_id", pd.Series(dtype=str)),
@@ -227,7 +244,7 @@ def run(ctx: StageContext) -> StageOutput:
 STAGE = StageDef(
     name="retrain",
     outputs=(TRAINING_EXAMPLES,),
-    upstream=("ingest", "context", "denoise", "preference"),
+    upstream=("ingest", "context", "refine", "denoise", "preference"),
     sections=("data", "retrain"),
     run=run,
     registers_models=True,
