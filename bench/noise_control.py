@@ -18,7 +18,6 @@ Model calls go through an LLM-call cache in .cache/bench/, so a rerun only retra
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -33,7 +32,7 @@ os.environ.setdefault("FLYWHEEL_PROGRESS", "0")
 import pandas as pd  # noqa: E402
 
 import stores  # noqa: E402,F401
-from bench.common import log_bench_run  # noqa: E402
+from bench.common import bench_splits, fine_tuned, log_bench_run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -60,12 +59,13 @@ def main(argv: list[str] | None = None) -> dict:
     settings = load_settings(REPO / "params.yaml")
     work = REPO / ".cache" / "bench"
     work.mkdir(parents=True, exist_ok=True)
-    items, human, heldout = _splits(settings, args)
+    splits = bench_splits(settings)
+    items, human, heldout = splits["train"].head(args.items), splits["human"], splits["heldout"].head(args.heldout)
     gguf = packaged_gguf(settings.model.gguf_package, settings.model.gguf_file)
     base_path = convert_gguf(gguf, work.parent / "models")
     refine_split, trusted_split = _halves(human)
     trusted_split = trusted_split.head(args.trusted_items or len(trusted_split))
-    refined_path = _refined(base_path, refine_split, settings, args.refine_steps, work)
+    refined_path = fine_tuned(base_path, refine_split, list(refine_split["title"]), settings, args.refine_steps, work)
     models = {
         "v1": ModelRef("bench", 1, sha256_file(base_path / "model.safetensors"), base_path),
         "v1-refined": ModelRef("bench", 2, sha256_file(refined_path / "model.safetensors"), refined_path),
@@ -96,46 +96,11 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def _splits(settings, args):
-    from tasks.ingest.ingest import assign_split, ingest_semanlink
-
-    records, _ = ingest_semanlink(settings.data.min_comment_chars, settings.data.min_title_chars)
-    frame = pd.DataFrame(records)
-    frame["split"] = [
-        assign_split(settings.seed, i, settings.data.heldout_fraction, settings.data.human_fraction)
-        for i in frame["item_id"]
-    ]
-    frame["order"] = [hashlib.sha256(f"bench:{i}".encode()).hexdigest() for i in frame["item_id"]]
-    frame = frame.sort_values("order").drop(columns="order").reset_index(drop=True)
-    by_split = {name: group.reset_index(drop=True) for name, group in frame.groupby("split")}
-    return by_split["train"].head(args.items), by_split["human"], by_split["heldout"].head(args.heldout)
-
-
 def _halves(human: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(refine, trusted): v1 is refined on one half of the human split, the trusted pairs come from the other, so
     the scorer has never trained on the titles its trusted fit is made of (as in a turn, whose window is new)."""
     half = len(human) // 2
     return human.iloc[:half].reset_index(drop=True), human.iloc[half:].reset_index(drop=True)
-
-
-def _refined(base_path: Path, human: pd.DataFrame, settings, steps: int, work: Path) -> Path:
-    """v1 after SFT on the human-refinement titles (cached by its inputs)."""
-    from tasks.prompts import caption_messages
-    from tasks.retrain.retrain import train
-
-    key = hashlib.sha256(json.dumps([str(base_path), list(human["item_id"]), steps, settings.seed]).encode())
-    target = work / f"refined-{key.hexdigest()[:12]}"
-    if not (target / "model" / "model.safetensors").exists():
-        phase = pd.DataFrame(
-            {
-                "prompt": [caption_messages(r, settings.data.max_signal_chars) for r in human.to_dict("records")],
-                "target": human["title"],
-                "kind": "sft-human",
-            }
-        )
-        cfg = settings.retrain.model_copy(update={"sft": settings.retrain.sft.model_copy(update={"max_steps": steps})})
-        train(base_path, [phase], pd.DataFrame(), cfg, settings.seed, target)
-    return target / "model"
 
 
 def _features(annotations: pd.DataFrame, items: pd.DataFrame, llm, settings) -> pd.DataFrame:

@@ -133,7 +133,12 @@ def _params(args, name: str, collection: dict, dpo: dict, sft_steps: int):
         name,
         {
             "preference": {"prompts_per_turn": args.prompts, **collection},
-            "retrain": {"sft": {"max_steps": sft_steps}, "dpo": {"max_steps": args.dpo_steps, **dpo}},
+            # the SFT'd policy every method starts from: synthetic then human titles in one retrain, no refine stage
+            "refine": {"max_steps": 0},
+            "retrain": {
+                "sft": {"max_steps": sft_steps, "human_items_per_turn": 32},
+                "dpo": {"max_steps": args.dpo_steps, **dpo},
+            },
             "evaluate": {"items": args.heldout},
             "annotate": {"items_per_turn": args.turn1_items if name == "turn1" else 8},  # turn 2 trains no SFT
             "data": {"probe_items": 0},  # the dataset-quality probe measures nothing this bench compares

@@ -88,7 +88,8 @@ def main() -> None:
         "annotate": {"items_per_turn": n},
         "preference": {"prompts_per_turn": max(1, n // 2), "human_prompts_per_turn": 2},
         "rewrite": {"queries_per_turn": max(1, n // 2)},
-        "retrain": {"sft": {"max_steps": 2, "human_items_per_turn": max(1, n // 2)}, "dpo": {"max_steps": 1}},
+        "refine": {"items_per_turn": max(1, n // 2), "max_steps": 2},
+        "retrain": {"sft": {"max_steps": 2}, "dpo": {"max_steps": 1}},
         "evaluate": {"items": args.heldout_items},
         "model": {"backend": args.backend},
     }

@@ -100,6 +100,9 @@ QUALITY_BENCHES = {
         "--heldout", "2", "--heldout-pairs", "2", "--turn1-items", "4", "--context-docs", "0",
     ],
     "retrieval": ["--limit", "3", "--fusion", "rrf"],
+    "data_value": [
+        "--human-items", "4", "--refine-steps", "1", "--train-items", "4", "--candidates", "2", "--heldout", "2",
+    ],
     "turn": ["--train-items", "2", "--heldout-items", "2", "--context-docs", "0", "--probe-items", "0"],
 }  # fmt: skip
 SMOKED = {"noise_control", "scale", "generation", "retrieval_speed", "dpo", "roofline", *QUALITY_BENCHES}
