@@ -72,8 +72,8 @@ def test_a_triggered_deployment_runs_each_stage_on_its_pool(deployed):
 
     mlflow = MlflowClient(tracking_uri=services.mlflow_url)
     versions = mlflow.search_model_versions("name = 'flywheel-policy'")
-    assert sorted(int(v.version) for v in versions) == [1, 2]
-    assert next(v for v in versions if v.version == "2").tags["data.turn"] == "1"  # published by the turn
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3]  # packaged, refined, candidate
+    assert next(v for v in versions if v.version == "3").tags["data.turn"] == "1"  # published by the turn
     experiment = mlflow.get_experiment_by_name("flywheel").experiment_id
     assert len(mlflow.search_runs([experiment], "tags.`flywheel.stage` = 'retrain'")) == 1
     (curve,) = mlflow.search_runs([experiment], "tags.`flywheel.history` = 'true'")  # the UI's per-turn curve

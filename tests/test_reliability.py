@@ -21,7 +21,8 @@ from tests.project import write_params
 FLYWHEEL = [sys.executable, "-m", "flows.cli"]
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "sk-flywheel-test-0f9e8d7c6b5a"
-SMALL = {"context": {"docs": 0}, "model": {"batch_size": 2}}  # 8 annotations in 4 committed chunks
+# 8 annotations in 4 committed chunks, by the packaged model (refine trains nothing)
+SMALL = {"context": {"docs": 0}, "refine": {"max_steps": 0}, "model": {"batch_size": 2}}
 
 
 def _project(folder: Path) -> Path:
@@ -46,7 +47,7 @@ def _content(params: Path):
 
 def test_kill_9_mid_stage_loses_nothing_and_repeats_no_model_call(tmp_path):
     params = _project(tmp_path / "killed")
-    for stage in ("ingest", "context"):
+    for stage in ("ingest", "context", "refine"):
         assert _flywheel(params, "stage", stage).returncode == 0
     env = {**os.environ, "FLYWHEEL_PROGRESS": "1"}
     proc = subprocess.Popen(
@@ -79,7 +80,7 @@ def test_kill_9_mid_stage_loses_nothing_and_repeats_no_model_call(tmp_path):
     assert calls <= 8 - done_before_kill  # every call committed before the kill came from the cache
 
     clean = _project(tmp_path / "clean")
-    for stage in ("ingest", "context", "annotate"):
+    for stage in ("ingest", "context", "refine", "annotate"):
         assert _flywheel(clean, "stage", stage).returncode == 0
     killed, uninterrupted = _content(params), _content(clean)
     assert len(killed) == 8 and not killed.duplicated(["item_id", "candidate"]).any()
@@ -151,7 +152,7 @@ def test_a_model_server_that_dies_mid_stage_fails_clearly_and_the_rerun_repeats_
     server = ModelServer(backend, served_name(register_base_model(load_settings(params))))
     write_params(tmp_path, {**SMALL, "model": {"backend": "vllm", "server": {**server_cfg, "url": server.url}}})
     try:
-        for stage in ("ingest", "context"):
+        for stage in ("ingest", "context", "refine"):
             assert main(["--params", str(params), "stage", stage]) == 0
         server.down_after = 5  # answers 5 requests, then 503 to everything
         assert main(["--params", str(params), "stage", "annotate"]) == 2

@@ -24,10 +24,11 @@ def test_a_stage_runs_through_a_managed_vllm_server(tmp_path, capsys, backend):
     from tasks.llm import vllm_server
 
     server = {"concurrency": 8, "compile": False}  # eager: 50 s less start-up; the path under test is the same
-    params = write_params(tmp_path, {"context": {"docs": 0}, "model": {"backend": "vllm", "server": server}})
+    overrides = {"context": {"docs": 0}, "refine": {"max_steps": 0}, "model": {"backend": "vllm", "server": server}}
+    params = write_params(tmp_path, overrides)
     settings = load_settings(params)
     try:
-        for stage in ("ingest", "context", "annotate"):
+        for stage in ("ingest", "context", "refine", "annotate"):
             assert main(["--params", str(params), "stage", stage]) == 0
         assert "8 LLM calls" in capsys.readouterr().out
         started = vllm_server._managed
