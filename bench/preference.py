@@ -1,11 +1,11 @@
 """Preference data, measured: plain pairs vs TSO vs Iter-W2S-RLAIF (α ∈ {0, 0.3, 0.5}), same DPO step budget and
 seed, on top of the same SFT'd policy.
 
-Turn 1 (shared): ingest → annotate → denoise → SFT only (no DPO) → v2, made champion. Turn 2, once per method:
-the preference stage with the method's collection params, then DPO-only retraining of v2 with the method's DPO
-params (SFT skipped), then the evaluate stage (the held-out scoreboard slice, v2 vs the method's model). Also the
-implicit-reward preference accuracy on held-out pairs: the human title (chosen) against a v2 sample (rejected) on
-held-out items outside the scoreboard slice, counted right when β·log π/π_ref ranks the title higher (π_ref = v2).
+Turn 1 (shared): ingest → refine (trains nothing) → annotate → denoise → SFT only (no DPO) → v2, made champion. Turn 2,
+once per method: the preference stage with the method's collection params, then DPO-only retraining of v2 with the
+method's DPO params (SFT skipped), then the evaluate stage (the held-out scoreboard slice, v2 vs the method's model).
+Also the implicit-reward preference accuracy on held-out pairs: the human title (chosen) against a v2 sample (rejected)
+on held-out items outside the scoreboard slice, counted right when β·log π/π_ref ranks the title higher (π_ref = v2).
 
 Methods (params overrides, see METHODS): plain = one model at one temperature, best vs worst, sigmoid DPO, one
 round; tso = model matrix (v2 at two temperatures + v1) with human references and correction, dual-clip DPO, two

@@ -47,6 +47,12 @@ STAGES: dict[str, StageDef] = {
 }
 
 
+def stages_before(name: str) -> list[str]:
+    """The stages a turn runs before `name`, in order: what running one stage by hand needs first."""
+    order = list(STAGES)
+    return order[: order.index(name)]
+
+
 class StageOrderError(FlywheelError):
     """A stage was asked for before the upstream stage it reads."""
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
+from tasks.runner import stages_before
 from tests.project import write_params
 
 FLYWHEEL = [sys.executable, "-m", "flows.cli"]
@@ -47,7 +48,7 @@ def _content(params: Path):
 
 def test_kill_9_mid_stage_loses_nothing_and_repeats_no_model_call(tmp_path):
     params = _project(tmp_path / "killed")
-    for stage in ("ingest", "context", "refine"):
+    for stage in stages_before("annotate"):
         assert _flywheel(params, "stage", stage).returncode == 0
     env = {**os.environ, "FLYWHEEL_PROGRESS": "1"}
     proc = subprocess.Popen(
@@ -80,7 +81,7 @@ def test_kill_9_mid_stage_loses_nothing_and_repeats_no_model_call(tmp_path):
     assert calls <= 8 - done_before_kill  # every call committed before the kill came from the cache
 
     clean = _project(tmp_path / "clean")
-    for stage in ("ingest", "context", "refine", "annotate"):
+    for stage in [*stages_before("annotate"), "annotate"]:
         assert _flywheel(clean, "stage", stage).returncode == 0
     killed, uninterrupted = _content(params), _content(clean)
     assert len(killed) == 8 and not killed.duplicated(["item_id", "candidate"]).any()
@@ -152,7 +153,7 @@ def test_a_model_server_that_dies_mid_stage_fails_clearly_and_the_rerun_repeats_
     server = ModelServer(backend, served_name(register_base_model(load_settings(params))))
     write_params(tmp_path, {**SMALL, "model": {"backend": "vllm", "server": {**server_cfg, "url": server.url}}})
     try:
-        for stage in ("ingest", "context", "refine"):
+        for stage in stages_before("annotate"):
             assert main(["--params", str(params), "stage", stage]) == 0
         server.down_after = 5  # answers 5 requests, then 503 to everything
         assert main(["--params", str(params), "stage", "annotate"]) == 2

@@ -10,6 +10,7 @@ import shutil
 import pytest
 
 from flows.cli import main
+from tasks.runner import stages_before
 from tests.project import REPO, write_params
 
 pytestmark = [
@@ -28,7 +29,7 @@ def test_a_stage_runs_through_a_managed_vllm_server(tmp_path, capsys, backend):
     params = write_params(tmp_path, overrides)
     settings = load_settings(params)
     try:
-        for stage in ("ingest", "context", "refine", "annotate"):
+        for stage in [*stages_before("annotate"), "annotate"]:
             assert main(["--params", str(params), "stage", stage]) == 0
         assert "8 LLM calls" in capsys.readouterr().out
         started = vllm_server._managed
