@@ -21,7 +21,7 @@ def clip(text: str, limit: int) -> str:
 
 def caption_messages(item: dict, max_signal_chars: int) -> Messages:
     """The annotator reads every signal of an item: abstract, curator comment, tags, and the titles of related
-    documents when retrieved context is on (`context` column, tasks/rewrite/context.py)."""
+    documents when retrieved context is on (`context` column, tasks/context/context.py)."""
     signals = []
     if item.get("abstract"):
         signals.append(f"Abstract: {clip(item['abstract'], max_signal_chars)}")

@@ -28,17 +28,17 @@ from stores.registry import ModelRef, Registry, packaged_gguf
 from stores.store import Lineage, StageRunRecord, Store
 from tasks.annotate import STAGE as ANNOTATE
 from tasks.config import Settings
+from tasks.context import STAGE as CONTEXT
 from tasks.denoise import STAGE as DENOISE
 from tasks.errors import FlywheelError, StoreError
-from tasks.evaluate import PROMOTE_STAGE as PROMOTE
 from tasks.evaluate import STAGE as EVALUATE
 from tasks.ingest import STAGE as INGEST
 from tasks.llm.cached import CachedLLM, Usage
 from tasks.preference import STAGE as PREFERENCE
+from tasks.promote import STAGE as PROMOTE
 from tasks.refine import STAGE as REFINE
 from tasks.retrain import STAGE as RETRAIN
 from tasks.rewrite import STAGE as REWRITE
-from tasks.rewrite.context import STAGE as CONTEXT
 from tasks.stage import StageContext, StageDef, StageOutput
 from tasks.validate import validate
 

@@ -3,7 +3,7 @@ pairs (dual-clip reward, reference update and policy regeneration each round, op
 tasks/retrain/dpo.py), starting from the turn's model as the `refine` stage left it (refined on the turn's human
 titles, or the champion where refinement is off). The result is logged to MLflow and registered as the next
 `flywheel-policy` version with the alias `candidate`; with nothing to train, the candidate is that starting model
-itself. Promotion is a separate, explicit gate (`tasks/evaluate/promote.py`).
+itself. Promotion is a separate, explicit gate (`tasks/promote/promote.py`).
 
 Human titles replayed here (`human_items_per_turn`, 0 by default since `refine` trains them) are ordered by
 `human_order` (after / before / mixed); each SFT phase gets a share of `max_steps` proportional to its size. A model

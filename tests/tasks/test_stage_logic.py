@@ -6,9 +6,9 @@ import pytest
 from stores.index import reciprocal_rank_fusion
 from tasks.config import Promote, Sft
 from tasks.evaluate.evaluate import summarize
-from tasks.evaluate.promote import decide
 from tasks.metrics import rouge_l
 from tasks.preference.scorer import rule_violations
+from tasks.promote import decide
 from tasks.retrain.retrain import phase_steps, sft_phases
 from tasks.rewrite.rewrite import tag_precision
 

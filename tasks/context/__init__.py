@@ -1,0 +1,3 @@
+from tasks.context.context import CONTEXTS, STAGE
+
+__all__ = ["CONTEXTS", "STAGE"]
