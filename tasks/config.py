@@ -143,7 +143,9 @@ class Annotate(Strict):
 class Denoise(Strict):
     method: Literal["adatailr", "none", "tailr", "small_loss", "gmm"] = "adatailr"
     score: Literal["nll", "pmi", "content", "fitted"] = "nll"  # what ranks annotations (tasks/denoise/scores.py)
-    select: Literal["best", "all"] = "best"  # best: only each item's best-scored candidate goes on (best-of-n)
+    # which of an item's candidates goes on (best-of-n): best by the noise score, by consensus (agreement with the
+    # other candidates, content and NLL ranks: tasks/denoise/methods.py), or all of them
+    select: Literal["best", "consensus", "all"] = "best"
     trusted_items: int = Field(32, ge=4)  # fitted: human-split items of the turn whose titles make the trusted pairs
     drop_quantile: float = Field(0.2, ge=0.0, lt=1.0)  # small_loss: the highest-loss fraction dropped
     gamma: float = Field(0.8, ge=0.0, le=1.0)  # tailr: the fixed γ

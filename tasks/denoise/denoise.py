@@ -8,11 +8,12 @@ tasks/denoise/adatailr.py, or the baselines no control, fixed-γ TaiLr, small-lo
 tasks/denoise/methods.py) are params. Token log-probs come through the LLM-call cache; scoring the model's own
 finished generations costs nothing.
 
-Best-of-n (`denoise.select: best`, with `annotate.candidates` > 1): only each item's best-scored candidate goes before
-the method, the others are recorded as outranked. Training on the model's best of several samples (rejection
-sampling, expert iteration) is what can make its own annotations better than its single samples. In the default
-turn 1 (base model annotating, 8 samples, NLL) the kept annotations scored ROUGE-L 0.140 against the human titles,
-the outranked samples 0.101, the ones noise control then dropped 0.066 (one sample per item kept 0.104 before).
+Best-of-n (`denoise.select: best` or `consensus`, with `annotate.candidates` > 1): only each item's best candidate goes
+before the method, the others are recorded as outranked. Training on the model's best of several samples (rejection
+sampling, expert iteration) is what can make its own annotations better than its single samples. `best` picks by the
+noise score; `consensus` by agreement with the item's other candidates, closeness to its content and NLL together
+(tasks/denoise/methods.py), because the model's NLL of its own samples loses its edge once it has trained on
+NLL-picked samples.
 
 Dataset quality: the annotations are scored against their items' human titles (train titles, never trained on, so a
 fair measure): ROUGE-L and MiniLM similarity of all, kept, dropped and outranked annotations (what noise control drops
@@ -33,8 +34,8 @@ import pandas as pd  # noqa: E402
 
 from stores.schema import Column, TableSpec  # noqa: E402
 from tasks.config import Denoise  # noqa: E402
-from tasks.denoise.methods import Decision, best_per_item, decide, mean_nll, with_outranked  # noqa: E402
-from tasks.denoise.scores import features, fit_trusted, noise_scores, token_logprobs, trusted_pairs  # noqa: E402
+from tasks.denoise.methods import Decision, best_per_item, consensus, decide, mean_nll, with_outranked  # noqa: E402
+from tasks.denoise.scores import content_distance, features, fit_trusted, noise_scores, token_logprobs, trusted_pairs  # noqa: E402
 from tasks.errors import InputError  # noqa: E402
 from tasks.metrics import distinct_n, reference_scores  # noqa: E402
 from tasks.stage import StageContext, StageDef, StageOutput  # noqa: E402
@@ -78,11 +79,15 @@ def noise_decision(
         fit = fit_trusted(features(pair_captions, pair_items, llm, chars), wrong, seed)
         fit_metrics = {"trusted_tpr": fit.tpr, "trusted_fpr": fit.fpr}
     scores = noise_scores(cfg.score, frame, fit)
-    best = best_per_item(annotations["item_id"], scores) if cfg.select == "best" else np.ones(len(scores), bool)
+    selection = scores
+    if cfg.select == "consensus":
+        content = frame["content"] if "content" in frame else content_distance(captions, records)
+        selection = consensus(annotations["item_id"], captions, mean_nll(logprobs), np.asarray(content))
+    best = best_per_item(annotations["item_id"], selection) if cfg.select != "all" else np.ones(len(scores), bool)
     level = fit.noise_level(frame[best]) if fit is not None and cfg.method == "adatailr" else None
     chosen = [lp for lp, keep in zip(logprobs, best) if keep]
     decision = decide(cfg.method, chosen, cfg, seed, scores[best], level)
-    return with_outranked(decision, best, scores, annotations["item_id"]), fit_metrics
+    return with_outranked(decision, best, scores, annotations["item_id"], selection), fit_metrics
 
 
 def decision_table(annotations: pd.DataFrame, decision: Decision) -> pd.DataFrame:

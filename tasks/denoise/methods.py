@@ -20,6 +20,7 @@ import pandas as pd
 from tasks.config import Denoise
 from tasks.denoise import adatailr
 from tasks.denoise.tailr import tailr_weights
+from tasks.metrics import rouge_l
 
 METHODS = ("adatailr", "none", "tailr", "small_loss", "gmm")
 
@@ -41,7 +42,7 @@ class Decision:
 
     def reasons(self) -> list[str]:
         why = f"{self.method}: noise score {{:.3f}} >= threshold {self.threshold:.3f}"
-        lost = "best of n: another candidate of this item scored {:.3f} lower"
+        lost = "best of n: another candidate of this item beat it by {:.3f}"
         margins = np.full(len(self.kept), np.nan) if self.outranked is None else self.outranked
         return [
             "" if keep else why.format(score) if np.isnan(margin) else lost.format(margin)
@@ -57,15 +58,38 @@ def best_per_item(item_ids, scores: np.ndarray) -> np.ndarray:
     return best
 
 
-def with_outranked(decision: Decision, best: np.ndarray, scores: np.ndarray, item_ids) -> Decision:
+def consensus(item_ids, captions: list[str], nll: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """Selection score of each candidate among its item's (lower = better): the mean of its within-item percentile
+    ranks by three views, lower first: disagreement with the item's other candidates (1 − mean ROUGE-L to them:
+    minimum Bayes risk, self-consistency), distance to the item's content (`content`: 1 − MiniLM cosine) and mean
+    token NLL. The NLL alone stops telling good samples from bad once the model has trained on its own NLL-picked
+    samples (in the ablation's turns 2-3 it gained +0.017/+0.020 ROUGE-L over a random sample, consensus +0.050/+0.045,
+    README); agreement and content do not depend on the sampler's own likelihood."""
+    frame = pd.DataFrame({"item": list(item_ids), "caption": captions, "nll": nll, "content": content})
+    frame["risk"] = 0.0
+    for _, rows in frame.groupby("item", sort=False):
+        texts = list(rows["caption"])
+        if len(texts) > 1:
+            agreement = [
+                np.mean([rouge_l(text, other) for other in texts[:k] + texts[k + 1 :]]) for k, text in enumerate(texts)
+            ]
+            frame.loc[rows.index, "risk"] = 1.0 - np.asarray(agreement)
+    ranks = frame.groupby("item", sort=False)[["risk", "content", "nll"]].rank(pct=True)
+    return ranks.mean(axis=1).to_numpy()
+
+
+def with_outranked(
+    decision: Decision, best: np.ndarray, scores: np.ndarray, item_ids, selection: np.ndarray | None = None
+) -> Decision:
     """The decision on each item's best candidate, widened to every candidate: the others are dropped, each with
-    its margin over its item's best score."""
+    its margin over its item's best by `selection` (what picked the best; default the noise `scores`)."""
+    selection = np.asarray(scores if selection is None else selection, dtype=float)
     full_scores = np.asarray(scores, dtype=float).copy()
     full_scores[best] = decision.noise_score
     kept = np.zeros(len(best), dtype=bool)
     kept[best] = decision.kept
-    best_score = pd.Series(scores[best], index=np.asarray(list(item_ids))[best])
-    margin = np.where(best, np.nan, scores - best_score.loc[list(item_ids)].to_numpy())
+    best_selection = pd.Series(selection[best], index=np.asarray(list(item_ids))[best])
+    margin = np.where(best, np.nan, selection - best_selection.loc[list(item_ids)].to_numpy())
     return replace(decision, noise_score=full_scores, kept=kept, outranked=margin)
 
 

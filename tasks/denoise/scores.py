@@ -39,15 +39,22 @@ def features(captions: list[str], items: list[dict], llm, max_signal_chars: int)
     """nll, pmi and content of each (caption, item), plus the conditional token log-probs (TaiLr weights use them)."""
     conditional = token_logprobs(captions, items, llm, max_signal_chars, "denoise")
     unconditional = token_logprobs(captions, [{}] * len(captions), llm, max_signal_chars, "denoise/prior")
-    contents = [item_content(item) or caption for item, caption in zip(items, captions)]
     return pd.DataFrame(
         {
             "nll": [-float(np.mean(lp)) for lp in conditional],
             "pmi": [float(np.mean(u - c)) for c, u in zip(conditional, unconditional)],
-            "content": 1.0 - similarity([c.strip() or "(empty)" for c in captions], contents) if captions else [],
+            "content": content_distance(captions, items),
             "logprobs": conditional,
         }
     )
+
+
+def content_distance(captions: list[str], items: list[dict]) -> np.ndarray:
+    """1 − MiniLM cosine between each caption and its item's content (the caption itself where the item has none)."""
+    if not captions:
+        return np.zeros(0)
+    contents = [item_content(item) or caption for item, caption in zip(items, captions)]
+    return 1.0 - similarity([c.strip() or "(empty)" for c in captions], contents)
 
 
 def nearest_others(records: list[dict]) -> np.ndarray:

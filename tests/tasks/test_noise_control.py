@@ -157,9 +157,31 @@ def test_best_of_n_sends_each_items_best_candidate_to_the_method_and_records_the
     assert list(widened.kept) == [False, True, False, True, False, False]
     assert list(widened.lost) == [True, False, True, False, True, False]
     reasons = widened.reasons()
-    assert reasons[0] == "best of n: another candidate of this item scored 1.000 lower"
+    assert reasons[0] == "best of n: another candidate of this item beat it by 1.000"
     assert reasons[5].startswith("small_loss: noise score 9.000") and reasons[1] == ""
     assert list(widened.noise_score) == list(scores)
+
+
+def test_consensus_picks_the_candidate_the_others_agree_with_even_against_a_lower_nll():
+    from tasks.denoise.methods import best_per_item, consensus
+
+    items = ["a"] * 4 + ["b"] * 2
+    captions = [
+        "graph neural networks for molecules",  # the one its siblings share words with
+        "graph networks for molecules",
+        "neural networks for molecule graphs",
+        "a recipe for banana bread",  # the sampler's favourite (lowest NLL), agreeing with nothing
+        "dense retrieval",
+        "dense passage retrieval",
+    ]
+    nll = np.array([1.0, 1.2, 1.1, 0.2, 0.5, 0.6])
+    content = np.array([0.3, 0.4, 0.35, 0.9, 0.2, 0.2])
+    selection = consensus(items, captions, nll, content)
+    assert list(best_per_item(items, selection)) == [True, False, False, False, True, False]
+    assert list(best_per_item(items, nll))[:4] == [False, False, False, True]  # what NLL alone would have kept
+    assert selection[3] == selection[:4].max()  # the fluent outlier ranks last among its item's candidates
+    alone = consensus(["c"], ["one candidate"], np.array([0.5]), np.array([0.5]))
+    assert alone.shape == (1,) and np.isfinite(alone).all()
 
 
 def test_every_noise_score_runs_on_the_real_model_and_the_fitted_one_reports_its_fit(backend, tmp_path):
