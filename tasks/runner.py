@@ -24,7 +24,7 @@ import pandas as pd
 from stores import tracking
 from stores.errors import disk_failure
 from stores.llm_cache import LLMCallCache
-from stores.registry import ModelRef, Registry, packaged_gguf
+from stores.registry import BaseModel, ModelRef, Registry, base_model
 from stores.store import Lineage, StageRunRecord, Store
 from tasks.annotate import STAGE as ANNOTATE
 from tasks.config import Settings
@@ -148,7 +148,7 @@ def turn_start_model(store: Store, registry: Registry, settings: Settings, turn:
     version = store.turn_start_version(registry.name, turn)
     if version is not None:
         return registry.get(version)
-    champion = registry.ensure_base(packaged_gguf(settings.model.gguf_package, settings.model.gguf_file))
+    champion = registry.ensure_base(base_of(settings))
     store.record_turn_start(registry.name, turn, champion.version)
     return champion
 
@@ -246,10 +246,16 @@ def _result(record: StageRunRecord, turn: int, calls: int | None) -> StageResult
     )
 
 
+def base_of(settings: Settings) -> BaseModel:
+    """The lineage's base model (`model.base`, else the packaged GGUF) as an HF folder in the models cache."""
+    model = settings.model
+    return base_model(settings.base_model_path(), model.gguf_package, model.gguf_file, settings.path("models"))
+
+
 def register_base_model(settings: Settings) -> ModelRef:
     experiment_id = tracking.configure(settings.path("mlflow"), settings.experiment)
     registry = Registry(settings.model.registry_name, experiment_id, settings.path("models"))
-    return registry.ensure_base(packaged_gguf(settings.model.gguf_package, settings.model.gguf_file))
+    return registry.ensure_base(base_of(settings))
 
 
 def recorded_turn(settings: Settings, turn: int) -> list[dict]:

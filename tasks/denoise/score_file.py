@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from stores import tracking
-from stores.registry import Registry, packaged_gguf
 from stores.store import Store
 from tasks.config import Denoise, Settings
 from tasks.denoise.denoise import decision_table, noise_decision
@@ -43,11 +41,9 @@ def score_file(
     annotations = pd.DataFrame(
         {"item_id": items["item_id"], "candidate": 0, "caption": items["annotation"].fillna(items["title"])}
     )
-    from tasks.runner import cached_llm
+    from tasks.runner import cached_llm, register_base_model
 
-    experiment_id = tracking.configure(settings.path("mlflow"), settings.experiment)
-    registry = Registry(settings.model.registry_name, experiment_id, settings.path("models"))
-    model = registry.ensure_base(packaged_gguf(settings.model.gguf_package, settings.model.gguf_file))
+    model = register_base_model(settings)
     trusted = human_split(settings) if cfg.score == "fitted" else items.iloc[0:0]
     with Store.open(settings.path("store")) as store:
         llm = cached_llm(settings, store, model)

