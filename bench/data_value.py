@@ -5,6 +5,8 @@ same learning rate and seed, scored on the held-out items (ROUGE-L and MiniLM si
   and the `human_only` arm promotes;
 - `synthetic`: `human`, then one epoch on its own best-of-k captions (by mean token log-prob, the `nll` noise score)
   of `--train-items` train items: what the default turn trains before DPO;
+- `consensus`: the same, each item's candidate picked by `denoise.select: consensus` (agreement with the other
+  candidates, closeness to the content and log-prob ranks together: tasks/denoise/methods.py);
 - `random`: the same, with one random sample per item instead of the best of k (what best-of-n adds);
 - `gold`: `human`, then one epoch on the same train items' human titles: perfect annotation, the ceiling for any
   synthetic data of those items (the flywheel never sees these titles).
@@ -76,12 +78,13 @@ def main(argv: list[str] | None = None) -> dict:
             return CachedLLM(load, cache, ref, progress=False, engine=f"transformers-{settings.model.dtype}")
 
         refined = fine_tuned(base, human, list(human["title"]), settings, args.refine_steps, args.work)
-        annotations = _best_and_random(train, llm(refined), settings, args.candidates)
+        annotations = _picks(train, llm(refined), settings, args.candidates)
         train = train.set_index("item_id", drop=False).loc[annotations.index].reset_index(drop=True)
         epoch = max(1, -(-len(train) // settings.retrain.sft.batch_size))
         models = {"base": base, "human": refined}
         for name, targets in (
             ("synthetic", annotations["best"]),
+            ("consensus", annotations["consensus"]),
             ("random", annotations["random"]),
             ("gold", train["title"]),
         ):
@@ -97,9 +100,11 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def _best_and_random(train: pd.DataFrame, llm, settings, candidates: int) -> pd.DataFrame:
-    """Per train item (index): the best of `candidates` samples by mean token log-prob, and one sample drawn at
-    random; empty captions are left out (the turn quarantines them), an item without any is dropped."""
+def _picks(train: pd.DataFrame, llm, settings, candidates: int) -> pd.DataFrame:
+    """Per train item (index): the best of `candidates` samples by mean token log-prob, the consensus pick, and one
+    sample drawn at random; empty captions are left out (the turn quarantines them), an item without any is dropped."""
+    from tasks.denoise.methods import best_per_item, consensus
+    from tasks.denoise.scores import content_distance
     from tasks.prompts import first_line, sample_captions
 
     samples = sample_captions(
@@ -112,11 +117,17 @@ def _best_and_random(train: pd.DataFrame, llm, settings, candidates: int) -> pd.
             "score": [float(np.mean(g.token_logprobs)) for _, _, g in samples],
         }
     )
-    frame = frame[frame["caption"] != ""]
+    frame = frame[frame["caption"] != ""].reset_index(drop=True)
     rng = np.random.default_rng(settings.seed)
     best = frame.loc[frame.groupby("item_id", sort=False)["score"].idxmax()].set_index("item_id")["caption"]
+    records = train.set_index("item_id", drop=False).loc[frame["item_id"]].to_dict("records")
+    distance = content_distance(list(frame["caption"]), records)
+    agreed = best_per_item(
+        frame["item_id"], consensus(frame["item_id"], list(frame["caption"]), -frame["score"], distance)
+    )
+    picked = frame[agreed].set_index("item_id")["caption"]
     drawn = frame.groupby("item_id", sort=False)["caption"].agg(lambda c: c.iloc[rng.integers(len(c))])
-    return pd.DataFrame({"best": best, "random": drawn.loc[best.index]})
+    return pd.DataFrame({"best": best, "consensus": picked.loc[best.index], "random": drawn.loc[best.index]})
 
 
 def _annotation_quality(annotations: pd.DataFrame, train: pd.DataFrame) -> dict[str, float]:
@@ -125,7 +136,7 @@ def _annotation_quality(annotations: pd.DataFrame, train: pd.DataFrame) -> dict[
     titles = list(train["title"])
     return {
         f"annotations_{kind}_rouge_l": float(np.mean(reference_scores(list(annotations[kind]), titles)["rouge_l"]))
-        for kind in ("best", "random")
+        for kind in ("best", "consensus", "random")
     }
 
 
@@ -168,8 +179,9 @@ def _report(result: dict, out: Path) -> None:
     console.print(table)
     quality = result["annotations"]
     console.print(
-        f"annotations against the train titles: best of k {quality['annotations_best_rouge_l']:.4f}, "
-        f"one random sample {quality['annotations_random_rouge_l']:.4f} (gold: 1.0)"
+        f"annotations against the train titles: best of k {quality['annotations_best_rouge_l']:.4f}, consensus "
+        f"{quality['annotations_consensus_rouge_l']:.4f}, one random sample {quality['annotations_random_rouge_l']:.4f}"
+        " (gold: 1.0)"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

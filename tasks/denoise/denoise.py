@@ -17,7 +17,8 @@ NLL-picked samples.
 
 Dataset quality: the annotations are scored against their items' human titles (train titles, never trained on, so a
 fair measure): ROUGE-L and MiniLM similarity of all, kept, dropped and outranked annotations (what noise control drops
-should be worse than what it keeps), and the kept ones' distinct-2 diversity.
+should be worse than what it keeps), the kept ones' distinct-2 diversity, and what each best-of-n pick (NLL,
+consensus, random) would have sent on, so every turn shows whether its selector still beats chance.
 
 Input: `annotations`, `items` (and this turn's human-split window for the fitted score).
 Output columns (`denoised`): item_id, candidate, caption, method, noise_score, threshold, kept, reason.
@@ -37,7 +38,7 @@ from tasks.config import Denoise  # noqa: E402
 from tasks.denoise.methods import Decision, best_per_item, consensus, decide, mean_nll, with_outranked  # noqa: E402
 from tasks.denoise.scores import content_distance, features, fit_trusted, noise_scores, token_logprobs, trusted_pairs  # noqa: E402
 from tasks.errors import InputError  # noqa: E402
-from tasks.metrics import distinct_n, reference_scores  # noqa: E402
+from tasks.metrics import distinct_n, reference_scores, rouge_l  # noqa: E402
 from tasks.stage import StageContext, StageDef, StageOutput  # noqa: E402
 
 DENOISED = TableSpec(
@@ -134,6 +135,24 @@ def dataset_quality(frame: pd.DataFrame, outranked: np.ndarray, titles: pd.Serie
     return quality
 
 
+def selection_quality(annotations: pd.DataFrame, items: pd.DataFrame) -> dict[str, float]:
+    """What each best-of-n pick would have sent on, scored against the human titles (ROUGE-L), whichever
+    `denoise.select` the turn uses: the lowest generation NLL, the consensus pick, and a random candidate (the
+    mean over each item's candidates). Nothing with one candidate per item."""
+    ids = annotations["item_id"]
+    if len(annotations) == 0 or ids.value_counts().max() < 2:
+        return {}
+    by_id = items.set_index("item_id", drop=False)
+    records, captions = [by_id.loc[i].to_dict() for i in ids], list(annotations["caption"])
+    quality = pd.Series([rouge_l(c, r["title"]) for c, r in zip(captions, records)], index=annotations.index)
+    nll = -annotations["mean_logprob"].to_numpy()
+    picks = {"nll": best_per_item(ids, nll)}
+    picks["consensus"] = best_per_item(ids, consensus(ids, captions, nll, content_distance(captions, records)))
+    metrics = {f"quality_pick_{name}_rouge_l": float(quality[mask].mean()) for name, mask in picks.items()}
+    metrics["quality_pick_random_rouge_l"] = float(quality.groupby(ids.values).mean().mean())
+    return metrics
+
+
 def run(ctx: StageContext) -> StageOutput:
     cfg = ctx.settings.denoise
     annotations = ctx.read("annotate", "annotations")
@@ -155,6 +174,7 @@ def run(ctx: StageContext) -> StageOutput:
         metrics["noise_level"] = decision.noise_level
     if len(frame):
         metrics |= dataset_quality(frame, outranked, items.set_index("item_id")["title"])
+        metrics |= selection_quality(annotations, items)
     summary = {"method": cfg.method, "gamma": decision.gamma, "min_weight": cfg.min_weight}
     return StageOutput({"denoised": frame}, rows_in=len(annotations), metrics=metrics, summary=summary)
 

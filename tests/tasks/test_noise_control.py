@@ -184,6 +184,45 @@ def test_consensus_picks_the_candidate_the_others_agree_with_even_against_a_lowe
     assert alone.shape == (1,) and np.isfinite(alone).all()
 
 
+def test_each_turn_reports_what_every_best_of_n_pick_would_have_sent_on():
+    from tasks.denoise.denoise import selection_quality
+
+    items = pd.DataFrame(
+        {
+            "item_id": ["a", "b"],
+            "title": ["dense passage retrieval", "graph neural networks"],
+            "abstract": ["Dense passage retrieval for open-domain QA.", "Graph neural networks on molecules."],
+        }
+    )
+    annotations = pd.DataFrame(
+        {
+            "item_id": ["a", "a", "a", "b", "b", "b"],
+            "caption": [
+                "dense retrieval",
+                "dense passage retrieval",
+                "banana bread",
+                "graph networks",
+                "neural graphs",
+                "graph neural networks",
+            ],
+            "mean_logprob": [-0.5, -1.0, -0.1, -0.2, -0.3, -0.9],  # NLL prefers the banana and "graph networks"
+        }
+    )
+    quality = selection_quality(annotations, items)
+    from tasks.metrics import rouge_l
+
+    assert quality["quality_pick_nll_rouge_l"] == pytest.approx(
+        (rouge_l("banana bread", "dense passage retrieval") + rouge_l("graph networks", "graph neural networks")) / 2
+    )
+    assert quality["quality_pick_consensus_rouge_l"] > quality["quality_pick_nll_rouge_l"]
+    every = [
+        rouge_l(c, t)
+        for c, t in zip(annotations["caption"], ["dense passage retrieval"] * 3 + ["graph neural networks"] * 3)
+    ]
+    assert quality["quality_pick_random_rouge_l"] == pytest.approx(np.mean(every))
+    assert selection_quality(annotations.drop_duplicates("item_id"), items) == {}  # one candidate: no pick
+
+
 def test_every_noise_score_runs_on_the_real_model_and_the_fitted_one_reports_its_fit(backend, tmp_path):
     from stores.llm_cache import LLMCallCache
     from stores.registry import ModelRef
