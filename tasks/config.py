@@ -148,7 +148,7 @@ class Denoise(Strict):
     score: Literal["nll", "pmi", "content", "fitted"] = "nll"  # what ranks annotations (tasks/denoise/scores.py)
     # which of an item's candidates goes on (best-of-n): best by the noise score, by consensus (agreement with the
     # other candidates, content and NLL ranks: tasks/denoise/methods.py), or all of them
-    select: Literal["best", "consensus", "all"] = "best"
+    select: Literal["best", "consensus", "all"] = "consensus"
     trusted_items: int = Field(32, ge=4)  # fitted: human-split items of the turn whose titles make the trusted pairs
     drop_quantile: float = Field(0.2, ge=0.0, lt=1.0)  # small_loss: the highest-loss fraction dropped
     gamma: float = Field(0.8, ge=0.0, le=1.0)  # tailr: the fixed γ
