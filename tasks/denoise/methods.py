@@ -63,7 +63,7 @@ def consensus(item_ids, captions: list[str], nll: np.ndarray, content: np.ndarra
     ranks by three views, lower first: disagreement with the item's other candidates (1 − mean ROUGE-L to them:
     minimum Bayes risk, self-consistency), distance to the item's content (`content`: 1 − MiniLM cosine) and mean
     token NLL. The NLL alone stops telling good samples from bad once the model has trained on its own NLL-picked
-    samples (in the ablation's turns 2-3 it gained +0.017/+0.020 ROUGE-L over a random sample, consensus +0.050/+0.045,
+    samples (in the ablation's turns 2-3 it gained +0.017/+0.021 ROUGE-L over a random sample, consensus +0.051/+0.041,
     README); agreement and content do not depend on the sampler's own likelihood."""
     frame = pd.DataFrame({"item": list(item_ids), "caption": captions, "nll": nll, "content": content})
     frame["risk"] = 0.0
