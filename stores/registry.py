@@ -68,22 +68,29 @@ PLAIN_CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class BaseModel:
-    """Where version 1 comes from: its HF folder (converted or copied once, cached) and a name for its source."""
+    """Where version 1 comes from: a name for its source, and how to make its HF folder (converted or copied once,
+    cached), which only registering needs."""
 
-    folder: Path
     origin: str  # packaged-gguf | gguf-file | model-folder
     source: str
+    path: Path
+    cache_dir: Path
+
+    def folder(self) -> Path:
+        if self.origin == "model-folder":
+            return import_folder(self.path, self.cache_dir)
+        return convert_gguf(self.path, self.cache_dir)
 
 
 def base_model(base: Path | None, gguf_package: str, gguf_file: str, cache_dir: Path) -> BaseModel:
-    """The base model's folder: the packaged GGUF (`base` None), a GGUF file, or a Hugging Face model folder."""
+    """The base model: the packaged GGUF (`base` None), a GGUF file, or a Hugging Face model folder."""
     if base is None:
         gguf = packaged_gguf(gguf_package, gguf_file)
-        return BaseModel(convert_gguf(gguf, cache_dir), "packaged-gguf", f"{gguf_package}/{gguf_file}")
+        return BaseModel("packaged-gguf", f"{gguf_package}/{gguf_file}", gguf, cache_dir)
     if base.is_file() and base.suffix == ".gguf":
-        return BaseModel(convert_gguf(base, cache_dir), "gguf-file", str(base))
+        return BaseModel("gguf-file", str(base), base, cache_dir)
     if (base / "config.json").is_file():
-        return BaseModel(import_folder(base, cache_dir), "model-folder", str(base))
+        return BaseModel("model-folder", str(base), base, cache_dir)
     raise StoreError(f"model.base {base}: neither a .gguf file nor a model folder with a config.json")
 
 
@@ -163,12 +170,13 @@ class Registry:
                     "set another model.registry_name for the new base"
                 )
             return self.champion()
+        folder = base.folder()
         with mlflow.start_run(experiment_id=self.experiment_id, run_name="register-base-model") as run:
             mlflow.log_params({"base": base.source, "origin": base.origin})
-            mlflow.log_artifacts(str(base.folder), "model")
+            mlflow.log_artifacts(str(folder), "model")
             source = mlflow.get_artifact_uri("model")
         tags = {"origin": base.origin, "base": base.source}
-        ref = self.register(source, run.info.run_id, sha256_file(base.folder / WEIGHTS), tags)
+        ref = self.register(source, run.info.run_id, sha256_file(folder / WEIGHTS), tags)
         self.client.set_registered_model_alias(self.name, CHAMPION, str(ref.version))
         return ref
 

@@ -315,11 +315,12 @@ class Settings(Strict):
         return self
 
     def base_model_path(self) -> Path | None:
-        base = self.model.base
-        return None if base is None else base if base.is_absolute() else (self.root / base).resolve()
+        return None if self.model.base is None else self._resolve(self.model.base)
 
     def path(self, name: str) -> Path:
-        path = Path(getattr(self.paths, name))
+        return self._resolve(Path(getattr(self.paths, name)))
+
+    def _resolve(self, path: Path) -> Path:
         return path if path.is_absolute() else (self.root / path).resolve()
 
     def section_hash(self, *sections: str) -> str:

@@ -76,12 +76,12 @@ def test_a_turn_runs_on_a_base_model_given_as_a_folder(tmp_path, tiny_folder):
     assert all(result.rows_out >= 0 for result in results.values())
     base = base_of(settings)
     assert base.origin == "model-folder" and base.source == str(tiny_folder)
-    assert AutoTokenizer.from_pretrained(base.folder).chat_template == PLAIN_CHAT_TEMPLATE
+    assert AutoTokenizer.from_pretrained(base.folder()).chat_template == PLAIN_CHAT_TEMPLATE
 
     from mlflow import MlflowClient
 
     first = MlflowClient().get_model_version("tiny-policy", "1")
-    assert first.tags["origin"] == "model-folder" and first.tags["fingerprint"] == sha256_file(base.folder / WEIGHTS)
+    assert first.tags["origin"] == "model-folder" and first.tags["fingerprint"] == sha256_file(base.folder() / WEIGHTS)
     with Store.open(settings.path("store")) as store:
         assert len(store.read("annotations")) == 8
         board = store.read("scoreboard")

@@ -135,10 +135,13 @@ def dataset_quality(frame: pd.DataFrame, outranked: np.ndarray, titles: pd.Serie
     return quality
 
 
-def selection_quality(annotations: pd.DataFrame, items: pd.DataFrame) -> dict[str, float]:
+def selection_quality(
+    annotations: pd.DataFrame, items: pd.DataFrame, consensus_picks: np.ndarray | None = None
+) -> dict[str, float]:
     """What each best-of-n pick would have sent on, scored against the human titles (ROUGE-L), whichever
-    `denoise.select` the turn uses: the lowest generation NLL, the consensus pick, and a random candidate (the
-    mean over each item's candidates). Nothing with one candidate per item."""
+    `denoise.select` the turn uses: the lowest generation NLL, the consensus pick (`consensus_picks` where the turn
+    already made it), and a random candidate (the mean over each item's candidates). Nothing with one candidate per
+    item."""
     ids = annotations["item_id"]
     if len(annotations) == 0 or ids.value_counts().max() < 2:
         return {}
@@ -147,7 +150,9 @@ def selection_quality(annotations: pd.DataFrame, items: pd.DataFrame) -> dict[st
     quality = pd.Series([rouge_l(c, r["title"]) for c, r in zip(captions, records)], index=annotations.index)
     nll = -annotations["mean_logprob"].to_numpy()
     picks = {"nll": best_per_item(ids, nll)}
-    picks["consensus"] = best_per_item(ids, consensus(ids, captions, nll, content_distance(captions, records)))
+    if consensus_picks is None:
+        consensus_picks = best_per_item(ids, consensus(ids, captions, nll, content_distance(captions, records)))
+    picks["consensus"] = consensus_picks
     metrics = {f"quality_pick_{name}_rouge_l": float(quality[mask].mean()) for name, mask in picks.items()}
     metrics["quality_pick_random_rouge_l"] = float(quality.groupby(ids.values).mean().mean())
     return metrics
@@ -174,7 +179,7 @@ def run(ctx: StageContext) -> StageOutput:
         metrics["noise_level"] = decision.noise_level
     if len(frame):
         metrics |= dataset_quality(frame, outranked, items.set_index("item_id")["title"])
-        metrics |= selection_quality(annotations, items)
+        metrics |= selection_quality(annotations, items, ~outranked if cfg.select == "consensus" else None)
     summary = {"method": cfg.method, "gamma": decision.gamma, "min_weight": cfg.min_weight}
     return StageOutput({"denoised": frame}, rows_in=len(annotations), metrics=metrics, summary=summary)
 
