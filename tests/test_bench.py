@@ -111,8 +111,8 @@ SMOKED = {"noise_control", "scale", "generation", "retrieval_speed", "dpo", "roo
 @pytest.mark.parametrize("bench, args", list(QUALITY_BENCHES.items()))
 def test_quality_and_turn_benches_run(tmp_path, bench, args):
     out = tmp_path / f"{bench}.json"
-    extra = ["--out", str(out)]
-    extra += [] if bench == "turn" else ["--work", str(tmp_path / "work"), "--mlflow-dir", str(tmp_path / "mlflow")]
+    extra = ["--out", str(out), "--work", str(tmp_path / "work")]
+    extra += [] if bench == "turn" else ["--mlflow-dir", str(tmp_path / "mlflow")]
     command = [sys.executable, str(REPO / "bench" / f"{bench}.py"), *args, *extra]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -24,7 +24,7 @@ def _flywheel(params, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory):
+def deployed(module_folder):
     """serve-local, deploy (with a schedule) and trigger one tiny turn; the services are stopped by PID after the
     module's tests, and the test below checks they are gone."""
     from flows.services import load_services, services_file
@@ -33,7 +33,7 @@ def deployed(tmp_path_factory):
     # Routing is what this proves: the preference and rewrite stages still run on their pool, recording empty
     # tables (their model work is tested in-process by tests/test_turn.py), so each stage process stays short.
     lean = {"context": {"docs": 0}, "skip": ["preference", "rewrite"], "retrain": {"dpo": {"max_steps": 0}}}
-    params = write_params(tmp_path_factory.mktemp("deployed"), lean)
+    params = write_params(module_folder, lean)
     settings = load_settings(params)
     served = _flywheel(params, "serve-local")
     assert served.returncode == 0, served.stderr

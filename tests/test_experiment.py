@@ -31,13 +31,12 @@ SPEC = {
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
+def experiment(module_folder):
     from flows.experiment import arm_settings, load_spec, run_experiment
 
-    folder = tmp_path_factory.mktemp("experiment")
-    params = write_params(folder, {"context": {"docs": 0}, "data": {"probe_items": 4}})
-    git_checkout(folder)  # a user's clone: every arm's published turns must be committable there
-    spec_file = folder / "tiny.yaml"
+    params = write_params(module_folder, {"context": {"docs": 0}, "data": {"probe_items": 4}})
+    git_checkout(module_folder)  # a user's clone: every arm's published turns must be committable there
+    spec_file = module_folder / "tiny.yaml"
     spec_file.write_text(yaml.safe_dump(SPEC))
     report = run_experiment(params, spec_file)
     arms = {arm: settings for arm, (_, settings) in arm_settings(params, load_spec(spec_file)).items()}

@@ -22,13 +22,12 @@ MODEL_STAGES = ("annotate", "preference", "rewrite", "evaluate")
 
 
 @pytest.fixture(scope="module")
-def turn(tmp_path_factory):
+def turn(module_folder):
     from flows.turn import flywheel
     from tasks.config import load_settings
 
-    folder = tmp_path_factory.mktemp("project")
-    params = write_params(folder, {"annotate": {"candidates": 2}})  # best-of-2 annotation
-    git_checkout(folder)  # where users run it: a git clone with the project's DVC config
+    params = write_params(module_folder, {"annotate": {"candidates": 2}})  # best-of-2 annotation
+    git_checkout(module_folder)  # where users run it: a git clone with the project's DVC config
     results = flywheel(turns=1, params=str(params))[0]
     return load_settings(params), results
 
