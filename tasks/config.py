@@ -200,11 +200,18 @@ class Rewrite(Strict):
     top_k: int = Field(5, ge=1, le=100)
     fusion: Literal["rrf", "rerank"] = "rrf"  # reciprocal rank fusion, or union reranked by similarity to the original
     rrf_k: int = Field(60, ge=1)
+    fusion_depth: int = Field(10, ge=2, le=1000)  # documents each query's BM25 and dense rankings bring to the fusion
 
     @field_validator("strategies")
     @classmethod
     def _once_each(cls, names: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(dict.fromkeys(names))
+
+    @model_validator(mode="after")
+    def _depth_beyond_top_k(self) -> Rewrite:
+        if self.fusion_depth <= self.top_k:
+            raise ValueError("rewrite.fusion_depth must be more than rewrite.top_k (the query's own item is left out)")
+        return self
 
 
 class Context(Strict):

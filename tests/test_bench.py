@@ -99,7 +99,7 @@ QUALITY_BENCHES = {
         "--methods", "plain", "tso", "--prompts", "2", "--dpo-steps", "1", "--sft-steps", "1",
         "--heldout", "2", "--heldout-pairs", "2", "--turn1-items", "4", "--context-docs", "0",
     ],
-    "retrieval": ["--limit", "3", "--fusion", "rrf"],
+    "retrieval": ["--limit", "3", "--fusion", "rrf", "--depths", "6", "20"],
     "data_value": [
         "--human-items", "4", "--refine-steps", "1", "--train-items", "4", "--candidates", "2", "--heldout", "2",
     ],

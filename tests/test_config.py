@@ -36,6 +36,13 @@ def test_splits_must_leave_a_train_pool(tmp_path):
         load_settings(path)
 
 
+def test_fusion_depth_must_reach_past_the_top_k(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("rewrite:\n  top_k: 10\n  fusion_depth: 10\n")
+    with pytest.raises(ConfigError, match="fusion_depth must be more than rewrite.top_k"):
+        load_settings(path)
+
+
 @pytest.mark.parametrize("text", ["seed: [unclosed\n", "- a list\n"])
 def test_malformed_yaml_is_a_config_error(tmp_path, text):
     path = tmp_path / "params.yaml"

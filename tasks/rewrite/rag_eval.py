@@ -1,7 +1,9 @@
 """DMQR-RAG evaluated on a BEIR-layout benchmark: the same retrieval (BM25 + dense, fused) for each way of building
 query pools: the original query only, each single strategy (original + its rewrite), all strategies, and the
 model's adaptive selection. Metrics: P@5, Hit@5, Recall@10, nDCG@10, MRR@10, and the average number of rewrites per
-query (the cost). One function behind `flywheel rag eval` and `bench/retrieval.py`.
+query (the cost). Retrieval is the rewrite stage's (`rewrite.fusion_depth` documents from each ranking); below a
+depth of 10 a pool can fuse to fewer than 10 documents, and the @10 metrics count what it has. One function behind
+`flywheel rag eval` and `bench/retrieval.py`.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ from tasks.rewrite.beir import Benchmark, load_beir
 from tasks.rewrite.dmqr import QueryPool, rewrite, select_strategies
 from tasks.rewrite.metrics import query_metrics
 from tasks.rewrite.strategies import STRATEGIES
-
-DEPTH = 20  # documents each (query, retriever) ranking contributes before fusion
 
 
 def rag_configs(names: list[str], selections: list[list[str]]) -> dict[str, list[list[str]]]:
@@ -49,6 +49,7 @@ def evaluate_rag(
     rrf_k: int = 60,
     table: str = "corpus",
     limit: int | None = None,
+    depth: int = 10,
 ) -> dict:
     query_ids = sorted(bench.queries)[:limit]
     texts = [bench.queries[q] for q in query_ids]
@@ -59,7 +60,7 @@ def evaluate_rag(
     rows = []
     for config, plans in rag_configs(names, [chosen for chosen, _ in selections]).items():
         pools = [QueryPool(t, plan, "", r) for t, plan, r in zip(texts, plans, rewrites)]
-        retrieved = index.search([p.queries for p in pools], 10, rrf_k, fusion=fusion, depth=DEPTH)
+        retrieved = index.search([p.queries for p in pools], 10, rrf_k, fusion=fusion, depth=depth)
         scores = pd.DataFrame([query_metrics(r, bench.qrels[q]) for r, q in zip(retrieved, query_ids)])
         rows.append(
             {
@@ -73,6 +74,7 @@ def evaluate_rag(
         "queries": len(query_ids),
         "documents": len(bench.corpus),
         "fusion": fusion,
+        "fusion_depth": depth,
         "configs": rows,
         "selection_counts": {name: usage.get(name, 0) for name in names},
         "examples": [
@@ -91,6 +93,7 @@ def rag_eval_files(
     strategies: list[str] | None = None,
     fusion: Fusion | None = None,
     limit: int | None = None,
+    depth: int | None = None,
 ) -> dict:
     """`flywheel rag eval`: load a BEIR benchmark, evaluate it with the champion, write the metrics JSON."""
     from stores.store import Store
@@ -117,6 +120,7 @@ def rag_eval_files(
             cfg.rrf_k,
             table,
             limit,
+            depth or cfg.fusion_depth,
         )
     result["model"] = model.label
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +135,8 @@ def rag_table(result: dict):
     from rich.table import Table
 
     table = Table(
-        title=f"DMQR-RAG on {result['queries']} queries, {result['documents']} documents ({result['fusion']})"
+        title=f"DMQR-RAG on {result['queries']} queries, {result['documents']} documents "
+        f"({result['fusion']}, fusion depth {result['fusion_depth']})"
     )
     columns = ("p@5", "hit@5", "recall@10", "ndcg@10", "mrr@10")
     for column in ("config", *columns, "Δ P@5", "rewrites/query"):

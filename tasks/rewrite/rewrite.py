@@ -70,8 +70,9 @@ def run(ctx: StageContext) -> StageOutput:
     queries = [clip(a or c, cfg.max_query_chars) for a, c in zip(queries_items["abstract"], queries_items["comment"])]
     pools = build_pools(queries, ctx.llm, list(cfg.strategies), cfg.adaptive, cfg.sampling, cfg.max_query_chars)
     ids = list(queries_items["item_id"])
-    original = index.search([[q] for q in queries], cfg.top_k, cfg.rrf_k, exclude=ids, fusion=cfg.fusion)
-    pooled = index.search([p.queries for p in pools], cfg.top_k, cfg.rrf_k, exclude=ids, fusion=cfg.fusion)
+    search = dict(k=cfg.top_k, rrf_k=cfg.rrf_k, exclude=ids, fusion=cfg.fusion, depth=cfg.fusion_depth)
+    original = index.search([[q] for q in queries], **search)
+    pooled = index.search([p.queries for p in pools], **search)
     tags_by_id = {i: set(t) for i, t in zip(items["item_id"], items["tags"])}
     retrievals = pd.DataFrame(
         {
