@@ -49,7 +49,8 @@ def evaluate_rag(
     rrf_k: int = 60,
     table: str = "corpus",
     limit: int | None = None,
-    depth: int = 10,
+    *,
+    depth: int,
 ) -> dict:
     query_ids = sorted(bench.queries)[:limit]
     texts = [bench.queries[q] for q in query_ids]
@@ -120,7 +121,7 @@ def rag_eval_files(
             cfg.rrf_k,
             table,
             limit,
-            depth or cfg.fusion_depth,
+            depth=depth or cfg.fusion_depth,
         )
     result["model"] = model.label
     out.parent.mkdir(parents=True, exist_ok=True)
