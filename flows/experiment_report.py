@@ -1,7 +1,8 @@
 """The experiment's report: per turn and arm, the held-out scores of the arm's champion after that turn (turn 0: the
 base model) with paired bootstrap 95% intervals against the base model and against the baseline arm's champion at
 the same turn, the gate's decision, and the dataset-quality numbers (the probe annotated by that turn's annotator;
-the turn's annotations, all / kept / dropped by noise control, against the train items' human titles). Written as
+the turn's annotations, all / kept / dropped by noise control, against the train items' human titles), and the
+candidate's held-out retrieval P@5 (adaptive DMQR and the original query, `rag_eval`). Written as
 Markdown + JSON + a curve plot under `data/experiments/<name>/`, and to MLflow: a parent run per experiment with a
 child run per arm whose metrics are logged at step = turn, so the UI draws every arm's curve.
 """
@@ -78,6 +79,8 @@ def report_rows(spec: ExperimentSpec, arms: dict[str, Settings]) -> pd.DataFrame
                 found = stages["annotate"]["metrics"] | stages["denoise"]["metrics"]
                 row |= {q: found.get(q) for q in QUALITY}
                 row["dropped"] = stages["denoise"]["metrics"].get("dropped")
+                retrieval = stages.get("rag_eval", {}).get("metrics", {})  # none: skipped, or a turn before it
+                row |= {f"rag_{c}_p_at_5": retrieval.get(f"candidate_{c}_p_at_5") for c in ("adaptive", "original")}
                 row["seconds"] = sum(r["seconds"] for r in stages.values())
                 usage = total_usage(r["summary"] for r in stages.values())
                 row |= {key: usage[key] for key in ("prompt_tokens", "completion_tokens", "model_seconds")}
@@ -100,7 +103,8 @@ def markdown(spec: ExperimentSpec, rows: pd.DataFrame) -> str:
     header = (
         "| turn | arm | ROUGE-L | MiniLM | Δ ROUGE-L vs base [95% CI] | Δ ROUGE-L vs "
         f"{spec.baseline} [95% CI] | Δ MiniLM vs {spec.baseline} [95% CI] | promoted | probe ROUGE-L | "
-        "annotations ROUGE-L all / kept / dropped | tokens in / out (k) | model s | s |"
+        "annotations ROUGE-L all / kept / dropped | retrieval P@5 adaptive / original | tokens in / out (k) | "
+        "model s | s |"
     )
     lines = [
         f"# Experiment `{spec.name}`: {rows['arm'].nunique()} arms × {int(rows['turn'].max())} turns",
@@ -125,6 +129,7 @@ def markdown(spec: ExperimentSpec, rows: pd.DataFrame) -> str:
             promoted,
             _number(row.get("probe_rouge_l")),
             quality if row["turn"] else "",
+            " / ".join(_number(row.get(f"rag_{c}_p_at_5")) for c in ("adaptive", "original")) if row["turn"] else "",
             f"{_number(row.get('prompt_tokens', 0) / 1e3, 1)} / {_number(row.get('completion_tokens', 0) / 1e3, 1)}"
             if row["turn"]
             else "",

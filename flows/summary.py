@@ -49,6 +49,13 @@ def _note(stage: str, m: dict, summary: dict) -> str:
         )
     if stage == "evaluate":
         return f"{int(m.get('items', 0))} held-out items, starting model and candidate"
+    if stage == "rag_eval":
+        return (
+            f"{int(m.get('queries', 0))} held-out queries: candidate P@5 {m.get('candidate_adaptive_p_at_5', 0):.3f} "
+            f"adaptive vs {m.get('candidate_original_p_at_5', 0):.3f} original "
+            f"({m.get('candidate_adaptive_gain_p_at_5_relative', 0):+.1%}), "
+            f"{m.get('candidate_adaptive_rewrites_per_query', 0):.1f} rewrites/query"
+        )
     if stage == "promote":
         return summary.get("reason", "")
     return ""
@@ -75,6 +82,35 @@ def model_work_table(results: list[dict]) -> Table:
         table.add_row(stage, *(f"{usage.get(c, 0):.0f}" for c in USAGE_COLUMNS))
     table.add_section()
     table.add_row("turn", *(f"{total[c]:.0f}" for c in USAGE_COLUMNS))
+    return table
+
+
+def retrieval_table(m: dict, s: dict) -> Table:
+    """The retrieval scoreboard: P@5 per query pool for the starting model and the candidate, with the candidate's
+    nDCG@10 and rewrites per query, and the adaptive gains with their 95% intervals."""
+    table = Table(
+        title=f"Held-out retrieval ({int(m['queries'])} Semanlink arXiv→tags queries never trained on)",
+        title_justify="left",
+    )
+    for column in ("query pool", f"P@5 v{s['start_version']}", f"P@5 v{s['candidate_version']}", "nDCG@10", "rewrites"):
+        table.add_column(column, justify="left" if column == "query pool" else "right")
+    suffix = "_rewrites_per_query"
+    for config in [k[len("candidate_") : -len(suffix)] for k in m if k.startswith("candidate_") and k.endswith(suffix)]:
+        table.add_row(
+            config,
+            f"{m[f'start_{config}_p_at_5']:.4f}",
+            f"{m[f'candidate_{config}_p_at_5']:.4f}",
+            f"{m[f'candidate_{config}_ndcg_at_10']:.4f}",
+            f"{m[f'candidate_{config}_rewrites_per_query']:.2f}",
+        )
+    table.add_section()
+    for name, label in (
+        ("start_adaptive_gain", "adaptive − original, start"),
+        ("candidate_adaptive_gain", "adaptive − original, candidate"),
+        ("delta_adaptive", "adaptive, candidate − start"),
+    ):
+        low, high = m[f"{name}_p_at_5_ci_low"], m[f"{name}_p_at_5_ci_high"]
+        table.add_row(label, "", f"{m[f'{name}_p_at_5']:+.4f}", f"[{low:+.4f}, {high:+.4f}]", "")
     return table
 
 
@@ -114,6 +150,9 @@ def print_turn(
             f"{m[f'delta_{metric}']:+.4f} [{m[f'delta_{metric}_ci_low']:+.4f}, {m[f'delta_{metric}_ci_high']:+.4f}]",
         )
     console.print(board)
+    retrieval = next((r for r in results if r["stage"] == "rag_eval" and r["metrics"]), None)
+    if retrieval:
+        console.print(retrieval_table(retrieval["metrics"], retrieval["summary"]))
     promotion = next(r for r in results if r["stage"] == "promote")["summary"]
     verdict = "promoted to champion" if promotion["promoted"] else "not promoted"
     console.print(

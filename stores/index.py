@@ -59,6 +59,7 @@ class CorpusIndex:
         self.position = {doc_id: i for i, doc_id in enumerate(self.doc_ids)}
         self.vectors = np.array([vector for _, vector in rows], dtype=np.float32)
         self._bm25: dict[tuple[str, int], list[str]] = {}
+        self._query_vectors: dict[str, np.ndarray] = {}  # a query searched again (in another pool) is embedded once
 
     def _rebuild(self, known: dict[str, str], wanted: dict[str, str]) -> None:
         stale = [doc_id for doc_id in known if known[doc_id] != wanted.get(doc_id)]
@@ -105,7 +106,9 @@ class CorpusIndex:
         `exclude[i]` (e.g. the query's own document) is left out of pool i's results."""
         depth = depth or k + 1
         unique = list(dict.fromkeys(q for pool in query_pools for q in pool))
-        vectors = dict(zip(unique, self.embed(unique))) if unique else {}
+        fresh = [q for q in unique if q not in self._query_vectors]
+        self._query_vectors |= dict(zip(fresh, self.embed(fresh))) if fresh else {}
+        vectors = {q: self._query_vectors[q] for q in unique}
         dense = dict(zip(unique, self.dense(np.stack(list(vectors.values())), depth))) if unique else {}
         results = []
         for position, pool in enumerate(query_pools):

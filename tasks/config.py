@@ -191,6 +191,17 @@ class Preference(Strict):
     correct_with_humans: bool = True  # a human label or reference overrides the AI label it contradicts
 
 
+class Feedback(Strict):
+    """Retrieval feedback (tasks/rewrite/feedback.py): the turn's train queries of the benchmark, rewritten several
+    times per strategy and scored by what each rewrite retrieves, become training data for rewriting and selection."""
+
+    queries_per_turn: int = Field(0, ge=0)  # benchmark train queries per turn; 0: no feedback data
+    samples: int = Field(4, ge=1, le=32)  # rewrites sampled per query and strategy
+    sampling: Sampling = Sampling(temperature=0.8, top_p=0.95, max_new_tokens=64)
+    min_gain: float = Field(0.0, ge=0.0)  # a target must beat the original query's nDCG@10 by more than this
+    max_selected: int = Field(2, ge=1)  # strategies in a selection target, best first
+
+
 class Rewrite(Strict):
     queries_per_turn: int = Field(16, ge=1)
     strategies: tuple[StrategyName, ...] = Field(("gqr", "kwr", "par", "cce"), min_length=1)
@@ -201,6 +212,7 @@ class Rewrite(Strict):
     fusion: Literal["rrf", "rerank"] = "rrf"  # reciprocal rank fusion, or union reranked by similarity to the original
     rrf_k: int = Field(60, ge=1)
     fusion_depth: int = Field(10, ge=2, le=1000)  # documents each query's BM25 and dense rankings bring to the fusion
+    feedback: Feedback = Feedback()
 
     @field_validator("strategies")
     @classmethod
@@ -263,6 +275,13 @@ class Evaluate(Strict):
     sampling: Sampling = Sampling(temperature=0.0, max_new_tokens=32)
 
 
+class RagEval(Strict):
+    """The retrieval scoreboard: DMQR-RAG on the bundled Semanlink arXiv→tags queries the turn never learns from."""
+
+    heldout_fraction: float = Field(0.5, gt=0.0, lt=1.0)  # seeded share of the benchmark's queries held out
+    queries: int | None = Field(64, ge=1)  # held-out queries scored every turn (the first N, seeded); null: all
+
+
 class Promote(Strict):
     """The gate: promote on evidence (the delta's bootstrap CI), with guardrails against self-training collapse."""
 
@@ -282,7 +301,14 @@ class Promote(Strict):
         return band
 
 
-SKIPPABLE = ("refine", "annotate", "denoise", "preference", "rewrite")  # stages whose tables the turn can do without
+SKIPPABLE = (
+    "refine",
+    "annotate",
+    "denoise",
+    "preference",
+    "rewrite",
+    "rag_eval",
+)  # stages whose tables the turn can do without
 
 
 class Settings(Strict):
@@ -301,6 +327,7 @@ class Settings(Strict):
     context: Context = Context()
     retrain: Retrain = Retrain()
     evaluate: Evaluate = Evaluate()
+    rag_eval: RagEval = RagEval()
     promote: Promote = Promote()
     root: Path = Field(Path("."), exclude=True)  # folder of params.yaml; relative paths resolve against it
 

@@ -36,6 +36,7 @@ from tasks.ingest import STAGE as INGEST
 from tasks.llm.cached import CachedLLM, Usage
 from tasks.preference import STAGE as PREFERENCE
 from tasks.promote import STAGE as PROMOTE
+from tasks.rag_eval import STAGE as RAG_EVAL
 from tasks.refine import STAGE as REFINE
 from tasks.retrain import STAGE as RETRAIN
 from tasks.rewrite import STAGE as REWRITE
@@ -43,7 +44,8 @@ from tasks.stage import StageContext, StageDef, StageOutput
 from tasks.validate import validate
 
 STAGES: dict[str, StageDef] = {
-    s.name: s for s in (INGEST, CONTEXT, REFINE, ANNOTATE, DENOISE, PREFERENCE, REWRITE, RETRAIN, EVALUATE, PROMOTE)
+    s.name: s
+    for s in (INGEST, CONTEXT, REFINE, ANNOTATE, DENOISE, PREFERENCE, REWRITE, RETRAIN, EVALUATE, RAG_EVAL, PROMOTE)
 }
 
 

@@ -12,6 +12,7 @@ from functools import cached_property
 
 import pandas as pd
 
+from stores import tracking
 from stores.registry import ModelRef, Registry
 from stores.schema import TableSpec
 from stores.store import Store
@@ -68,6 +69,18 @@ class StageContext:
             return self.start_model
         version = self.upstream_summary("refine").get("refined_version")
         return self.start_model if version is None else self.registry.get(version)
+
+    def log_scoreboard(self, figure, name: str, metrics: dict[str, float], prefix: str) -> None:
+        """A scoreboard's chart on the stage's and the turn's MLflow runs (the figure is closed), and its metrics,
+        named `<prefix>_<metric>`, on the turn's run and on the lineage's curve at step = turn."""
+        import matplotlib.pyplot as plt
+
+        for run in (self.mlrun, self.turn_run):
+            run.log_figure(figure, name)
+        plt.close(figure)
+        per_turn = {f"{prefix}_{k}": v for k, v in metrics.items()}
+        self.turn_run.log_metrics(per_turn, step=self.turn)
+        tracking.history_run(self.turn_run).log_metrics(per_turn, step=self.turn)
 
     def read(self, stage: str, table: str) -> pd.DataFrame:
         return self.store.read(table, self.upstream[stage])

@@ -27,6 +27,7 @@ TINY = {
         "dpo": {"max_steps": 2, "batch_size": 2, "gradient_accumulation": 1},
     },
     "evaluate": {"items": 4},
+    "rag_eval": {"queries": 2},
 }
 
 

@@ -32,7 +32,7 @@ def deployed(module_folder):
 
     # Routing is what this proves: the preference and rewrite stages still run on their pool, recording empty
     # tables (their model work is tested in-process by tests/test_turn.py), so each stage process stays short.
-    lean = {"context": {"docs": 0}, "skip": ["preference", "rewrite"], "retrain": {"dpo": {"max_steps": 0}}}
+    lean = {"context": {"docs": 0}, "skip": ["preference", "rewrite", "rag_eval"], "retrain": {"dpo": {"max_steps": 0}}}
     params = write_params(module_folder, lean)
     settings = load_settings(params)
     served = _flywheel(params, "serve-local")

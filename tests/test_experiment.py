@@ -23,7 +23,7 @@ SPEC = {
         "full": {"promote": {"evidence": "point", "max_diversity_drop": 1.0, "secondary_must_hold": False}},
         "human_only": {
             "retrain": {"sft": {"max_steps": 4, "synthetic": False}, "dpo": {"max_steps": 0}},
-            "skip": ["annotate", "denoise", "preference", "rewrite"],
+            "skip": ["annotate", "denoise", "preference", "rewrite", "rag_eval"],
             "promote": {"min_delta": 1.0},
         },
     },
@@ -141,6 +141,8 @@ def test_report_table_plot_and_mlflow_curves(experiment):
     assert (rows[rows["turn"] == 0]["vs_base_d_rouge_l"] == 0).all()  # the base model against itself
     full = rows[rows["arm"] == "full"]
     assert full["vs_baseline_d_rouge_l"].notna().all() and full["probe_rouge_l"].iloc[1:].notna().all()
+    assert full["rag_adaptive_p_at_5"].iloc[1:].between(0, 1).all()  # the retrieval scoreboard, per turn
+    assert rows.loc[rows["arm"] == "human_only", "rag_adaptive_p_at_5"].isna().all()  # switched off there
     assert report.plot_path.stat().st_size > 10_000
     text = report.markdown_path.read_text()
     assert text.count("\n| ") == 1 + len(rows)  # header + a row per arm and turn

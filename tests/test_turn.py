@@ -18,7 +18,7 @@ from tests.project import git_checkout, write_params
 
 pytestmark = pytest.mark.integration
 
-MODEL_STAGES = ("annotate", "preference", "rewrite", "evaluate")
+MODEL_STAGES = ("annotate", "preference", "rewrite", "evaluate", "rag_eval")
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,8 @@ def turn(module_folder):
     from flows.turn import flywheel
     from tasks.config import load_settings
 
-    params = write_params(module_folder, {"annotate": {"candidates": 2}})  # best-of-2 annotation
+    feedback = {"feedback": {"queries_per_turn": 2, "samples": 1}}  # retrieval feedback on 2 benchmark queries
+    params = write_params(module_folder, {"annotate": {"candidates": 2}, "rewrite": feedback})  # best-of-2
     git_checkout(module_folder)  # where users run it: a git clone with the project's DVC config
     results = flywheel(turns=1, params=str(params))[0]
     return load_settings(params), results
@@ -108,6 +109,45 @@ def test_rows_carry_lineage_and_the_heldout_split_is_never_trained_on(turn):
     assert related and not heldout & related, "a held-out item's title leaked into retrieved context"
 
 
+def test_the_retrieval_scoreboard_scores_heldout_queries_for_both_models(turn):
+    from tasks.rewrite.beir import semanlink_benchmark, split_queries
+
+    settings, results = turn
+    scores = _tables(settings)["rag_scores"]
+    train, heldout = split_queries(sorted(semanlink_benchmark().queries), settings.rag_eval.heldout_fraction, 13)
+    assert set(scores["query_id"]) == set(heldout[:2]) and not set(train) & set(heldout)
+    configs = {"original", "gqr", "kwr", "par", "cce", "all", "adaptive"}
+    assert set(scores["config"]) == configs and len(scores) == 2 * 2 * len(configs)  # queries × models × pools
+    assert set(scores["model"]) == {"flywheel-policy/v1", "flywheel-policy/v3"}
+    assert (scores.loc[scores["config"] == "original", "rewrites"] == 0).all()
+    assert (scores.loc[scores["config"] == "all", "strategies"].map(len) == 4).all()
+    metrics = next(r for r in results if r["stage"] == "rag_eval")["metrics"]
+    adaptive = scores[(scores["role"] == "candidate") & (scores["config"] == "adaptive")]
+    assert metrics["candidate_adaptive_p_at_5"] == pytest.approx(adaptive["p_at_5"].mean())
+    assert metrics["candidate_adaptive_rewrites_per_query"] == pytest.approx(adaptive["rewrites"].mean())
+
+
+def test_retrieval_feedback_on_train_queries_becomes_rewriting_and_selection_targets(turn):
+    from tasks.rewrite.beir import semanlink_benchmark, split_queries
+    from tasks.rewrite.feedback import feedback_targets
+
+    settings, results = turn
+    tables = _tables(settings)
+    feedback = tables["rewrite_feedback"]
+    train, _ = split_queries(sorted(semanlink_benchmark().queries), settings.rag_eval.heldout_fraction, 13)
+    assert set(feedback["query_id"]) == set(train[:2])  # turn 1's window of train queries, never held-out ones
+    assert len(feedback) == 2 * (1 + 4)  # the original alone and one sample per strategy
+    assert (feedback.loc[feedback["strategy"] == "original", "gain"] == 0).all()
+    targets = feedback_targets(feedback, settings.rewrite.feedback)
+    examples = tables["training_examples"]
+    trained = examples[examples["kind"].isin(["sft-rewrite", "sft-select"])]
+    assert sorted(trained["target"]) == sorted(targets["target"]) and set(trained["item_id"]) <= set(train[:2])
+    metrics = next(r for r in results if r["stage"] == "retrain")["metrics"]
+    assert metrics["sft_rewrite"] + metrics["sft_select"] == len(targets)
+    if len(trained):  # the feedback phase comes first; the caption phases follow it
+        assert trained["phase"].max() == 0 and (examples.loc[examples["kind"] == "sft-synthetic", "phase"] > 0).all()
+
+
 def test_mlflow_shows_the_turn_its_stages_and_the_registered_versions(turn):
     from mlflow import MlflowClient
     from stores import tracking
@@ -123,6 +163,8 @@ def test_mlflow_shows_the_turn_its_stages_and_the_registered_versions(turn):
     by_stage = {r.data.tags["flywheel.stage"]: r.info.run_id for r in children}
     assert "noise_scores.png" in [a.path for a in client.list_artifacts(by_stage["denoise"])]
     assert "scoreboard.png" in [a.path for a in client.list_artifacts(by_stage["evaluate"])]
+    assert "rag_scoreboard.png" in [a.path for a in client.list_artifacts(by_stage["rag_eval"])]
+    assert "rag_candidate_adaptive_p_at_5" in parent.data.metrics
     versions = {int(v.version): v.tags for v in client.search_model_versions("name = 'flywheel-policy'")}
     assert sorted(versions) == [1, 2, 3]  # base, refined on the human titles, candidate trained from the refined one
     assert versions[2]["role"] == "refined" and versions[3]["role"] == "candidate"
@@ -230,6 +272,7 @@ def test_dvc_repro_reuses_the_turn_and_a_param_change_reruns_only_its_dependents
     """In the fixture's git checkout, as a user's clone is; after the param changes, `flywheel publish` versions the
     turn that `dvc repro` rebuilt (the flow publishes by itself; dvc repro cannot, it holds DVC's lock)."""
     from flows.cli import main
+    from tasks.runner import STAGES
 
     settings, _ = turn
     folder = settings.root
@@ -242,7 +285,7 @@ def test_dvc_repro_reuses_the_turn_and_a_param_change_reruns_only_its_dependents
         return done.stdout
 
     output = run("repro")
-    assert output.count("[cached]") == 10  # every stage found its batch in the store: nothing recomputed
+    assert output.count("[cached]") == len(STAGES)  # every stage found its batch in the store: nothing recomputed
     assert "up to date" in run("status")
 
     def rerun_after(section, key, value):
@@ -253,7 +296,7 @@ def test_dvc_repro_reuses_the_turn_and_a_param_change_reruns_only_its_dependents
         return set(re.findall(r"Running stage '(\w+)'", run("repro")))
 
     assert rerun_after("promote", "min_delta", 0.5) == {"promote"}
-    assert rerun_after("denoise", "drop_quantile", 0.4) == {"denoise", "retrain", "evaluate", "promote"}
+    assert rerun_after("denoise", "drop_quantile", 0.4) == {"denoise", "retrain", "evaluate", "rag_eval", "promote"}
     first = _published(settings, 1)
     assert main(["--params", str(folder / "params.yaml"), "publish"]) == 0
     assert _published(settings, 1) != first  # a new version of turn 1: its denoise, retrain... batches changed
@@ -290,7 +333,7 @@ def test_each_turn_is_a_dvc_version_in_the_remote_and_checkout_restores_it_byte_
 
     settings, _ = turn
     folder, params = settings.root, str(settings.root / "params.yaml")
-    cheap = {"skip": ["annotate", "denoise", "preference", "rewrite"], "retrain": {"sft": {"max_steps": 1}}}
+    cheap = {"skip": ["annotate", "denoise", "preference", "rewrite", "rag_eval"], "retrain": {"sft": {"max_steps": 1}}}
     flywheel(turns=1, first_turn=2, params=params, overrides=cheap)
     turns = {t: folder / "data" / "turns" / "flywheel-policy" / f"turn-{t}" for t in (1, 2)}
     before = {t: _file_hashes(path) for t, path in turns.items()}

@@ -16,7 +16,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from stores import tracking  # noqa: E402
 from stores.schema import Column, TableSpec  # noqa: E402
 from tasks.config import Sampling  # noqa: E402
 from tasks.metrics import distinct_n, mean_words, paired_bootstrap, reference_scores  # noqa: E402
@@ -98,14 +97,8 @@ def run(ctx: StageContext) -> StageOutput:
     )
     summary = summarize(scoreboard, ctx.settings.seed)
     scoreboard = scoreboard.drop(columns="reference")
-    figure = chart(summary, ctx.start_model.label, candidate.label)
-    ctx.mlrun.log_figure(figure, "scoreboard.png")
-    ctx.turn_run.log_figure(figure, "scoreboard.png")
-    plt.close(figure)
+    ctx.log_scoreboard(chart(summary, ctx.start_model.label, candidate.label), "scoreboard.png", summary, "heldout")
     ctx.mlrun.log_text(scoreboard.to_csv(index=False), "scoreboard.csv")
-    per_turn = {f"heldout_{k}": v for k, v in summary.items()}
-    ctx.turn_run.log_metrics(per_turn, step=ctx.turn)
-    tracking.history_run(ctx.turn_run).log_metrics(per_turn, step=ctx.turn)
     facts = {"start_version": ctx.start_model.version, "candidate_version": candidate.version}
     return StageOutput({"scoreboard": scoreboard}, rows_in=len(heldout), metrics=summary, summary=facts)
 

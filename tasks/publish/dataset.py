@@ -2,8 +2,9 @@
 conversational format, so `load_dataset(folder, "sft")` feeds an `SFTTrainer` and `"dpo"` a `DPOTrainer` as is.
 
 - `sft-<hash>.parquet`: prompt (system + user messages), completion (the assistant message), and lineage: item_id, kind
-  (sft-refine: the human titles the `refine` stage trained on first, phase 0 | sft-synthetic | sft-human), phase,
-  source (the annotating model, or `human`), noise_score, turn, batch_id.
+  (sft-refine: the human titles the `refine` stage trained on first, phase 0 | sft-synthetic | sft-human |
+  sft-rewrite and sft-select: retrieval feedback, item_id a benchmark query), phase, source (the annotating model,
+  `human`, or `retrieval-feedback`), noise_score, turn, batch_id.
 - `dpo-<hash>.parquet`: prompt, chosen, rejected (assistant messages), and lineage: item_id, round, label_source,
   corrected, chosen_generator, rejected_generator, chosen_score, rejected_score, turn, batch_id.
 - `README.md`: the dataset card (YAML configs for `load_dataset`, then how the data was made, counted and licensed).
@@ -26,6 +27,7 @@ from tasks.config import Settings
 from tasks.prompts import caption_messages
 from tasks.publish.turn import FinishedTurn, load_turn
 from tasks.retrain.retrain import DPO_PAIRS
+from tasks.rewrite.feedback import FEEDBACK_KINDS, target_prompts
 from tasks.stage import with_context
 
 CARD_FILE = "README.md"
@@ -56,14 +58,25 @@ def training_sets(turn: FinishedTurn) -> tuple[pd.DataFrame, pd.DataFrame]:
         examples = pd.concat([refined, examples.assign(phase=examples["phase"] + 1)], ignore_index=True)
     annotations = turn.tables["denoised"][["item_id", "candidate", "noise_score", "model_version"]]
     sft = examples[examples["kind"] != "dpo"].merge(annotations, on=["item_id", "candidate"], how="left")
+    feedback = sft["kind"].isin(FEEDBACK_KINDS)
+    rewrite = turn.settings.rewrite
+    feedback_prompts = iter(
+        target_prompts(
+            *(sft.loc[feedback, c] for c in ("item_id", "kind", "candidate")),
+            list(rewrite.strategies),
+            rewrite.max_query_chars,
+        )
+    )
+    prompts = [next(feedback_prompts) if f else prompt(i) for i, f in zip(sft["item_id"], feedback)]
+    source = sft["model_version"].where(sft["kind"] == "sft-synthetic", "human").where(~feedback, "retrieval-feedback")
     sft = pd.DataFrame(
         {
-            "prompt": [prompt(i) for i in sft["item_id"]],
+            "prompt": prompts,
             "completion": [assistant(t) for t in sft["target"]],
             "item_id": sft["item_id"],
             "kind": sft["kind"],
             "phase": sft["phase"],
-            "source": sft["model_version"].where(sft["kind"] == "sft-synthetic", "human"),
+            "source": source,
             "noise_score": sft["noise_score"],
         }
     )
@@ -184,6 +197,8 @@ related documents retrieved from the corpus). The prompt column holds the exact 
 {preference.get("pairs_corrected", 0)} |
 | SFT rows: human refinement (refine) / synthetic / human replayed | {kinds.get("sft-refine", 0)} / \
 {kinds.get("sft-synthetic", 0)} / {kinds.get("sft-human", 0)} |
+| SFT rows: retrieval feedback, rewriting / strategy selection | {kinds.get("sft-rewrite", 0)} / \
+{kinds.get("sft-select", 0)} |
 | DPO pairs trained (all rounds) | {len(dpo)} |
 
 ## Noise control and preference statistics

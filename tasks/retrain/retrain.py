@@ -6,11 +6,15 @@ titles, or the champion where refinement is off). The result is logged to MLflow
 itself. Promotion is a separate, explicit gate (`tasks/promote/promote.py`).
 
 Human titles replayed here (`human_items_per_turn`, 0 by default since `refine` trains them) are ordered by
-`human_order` (after / before / mixed); each SFT phase gets a share of `max_steps` proportional to its size. A model
+`human_order` (after / before / mixed); each SFT phase gets a share of `max_steps` proportional to its size.
+Retrieval feedback (the rewrite stage's rewriting and selection targets, when it collects them) is a phase of its
+own before the caption phases, one pass over its targets, so it adds steps instead of taking the captions'. A model
 registered for this batch is reused, so a retried stage never trains or registers twice.
 
-Input: `denoised` (kept rows), `items` (human split, this turn's window), `preference_pairs` (kept rows).
-Output columns (`training_examples`): item_id, kind, candidate, phase (DPO rounds follow the SFT phases), target.
+Input: `denoised` (kept rows), `items` (human split, this turn's window), `preference_pairs` (kept rows),
+`rewrite_feedback`.
+Output columns (`training_examples`): item_id (a benchmark query id for feedback rows), kind, candidate, phase (DPO
+rounds follow the SFT phases), target.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from tasks.config import Retrain, Sft
 from tasks.prompts import caption_messages
 from tasks.retrain.fit import fit
 from tasks.retrain.regenerate import policy_refresher
+from tasks.rewrite.feedback import FEEDBACK_KINDS, feedback_targets, strategy_number, target_prompts
 from tasks.stage import StageContext, StageDef, StageOutput
 
 DPO_PAIRS = "dpo_pairs.jsonl"  # saved with the model: what its DPO rounds trained on
@@ -35,7 +40,7 @@ TRAINING_EXAMPLES = TableSpec(
     "training_examples",
     (
         Column("item_id", "VARCHAR", min_length=1),
-        Column("kind", "VARCHAR", min_length=1),  # sft-synthetic, sft-human, dpo
+        Column("kind", "VARCHAR", min_length=1),  # sft-synthetic, sft-human, sft-rewrite, sft-select, dpo
         Column("candidate", "INTEGER", min_value=0),
         Column("phase", "INTEGER", min_value=0),
         Column("target", "VARCHAR", min_length=1),
@@ -44,9 +49,11 @@ TRAINING_EXAMPLES = TableSpec(
 )
 
 
-def sft_phases(synthetic: pd.DataFrame, human: pd.DataFrame, cfg: Sft, seed: int) -> list[pd.DataFrame]:
-    """Training phases in order (empty ones left out). `mixed` with a `human_share` resamples the human rows
-    (seeded) so that they make that share of the mixed set."""
+def sft_phases(
+    synthetic: pd.DataFrame, human: pd.DataFrame, cfg: Sft, seed: int, feedback: pd.DataFrame | None = None
+) -> list[pd.DataFrame]:
+    """Training phases in order (empty ones left out): retrieval feedback first, then the caption phases. `mixed`
+    with a `human_share` resamples the human rows (seeded) so that they make that share of the mixed set."""
     if cfg.human_order == "mixed":
         if cfg.human_share is not None and len(human) and len(synthetic):
             wanted = round(len(synthetic) * cfg.human_share / max(1e-9, 1.0 - cfg.human_share))
@@ -54,17 +61,24 @@ def sft_phases(synthetic: pd.DataFrame, human: pd.DataFrame, cfg: Sft, seed: int
         phases = [pd.concat([synthetic, human], ignore_index=True)]
     else:
         phases = [synthetic, human] if cfg.human_order == "after" else [human, synthetic]
+    phases = [feedback if feedback is not None else synthetic.iloc[0:0], *phases]
     return [phase.reset_index(drop=True) for phase in phases if len(phase)]
 
 
 def phase_steps(phases: list[pd.DataFrame], cfg: Sft) -> list[int]:
-    """Steps per phase: proportional to size, or `human_share` of them for the human phase."""
-    if cfg.human_share is None or len(phases) < 2:
-        total = sum(len(p) for p in phases)
-        return [max(1, round(cfg.max_steps * len(p) / total)) for p in phases]
-    human_steps = max(1, round(cfg.max_steps * cfg.human_share))
-    other_steps = max(1, cfg.max_steps - human_steps)
-    return [human_steps if (p["kind"] == "sft-human").all() else other_steps for p in phases]
+    """Steps per phase: a feedback phase one pass over its rows; the caption phases share `max_steps`, in
+    proportion to size, or `human_share` of them for the human phase."""
+    feedback = [bool(p["kind"].isin(FEEDBACK_KINDS).all()) for p in phases]
+    captions = [p for p, is_feedback in zip(phases, feedback) if not is_feedback]
+    if cfg.human_share is None or len(captions) < 2:
+        total = sum(len(p) for p in captions)
+        steps = iter([max(1, round(cfg.max_steps * len(p) / total)) for p in captions])
+    else:
+        human_steps = max(1, round(cfg.max_steps * cfg.human_share))
+        other_steps = max(1, cfg.max_steps - human_steps)
+        steps = iter([human_steps if (p["kind"] == "sft-human").all() else other_steps for p in captions])
+    one_pass = cfg.batch_size * cfg.gradient_accumulation
+    return [-(-len(p) // one_pass) if is_feedback else next(steps) for p, is_feedback in zip(phases, feedback)]
 
 
 def _trainer_args(config_cls, out: Path, steps: int, phase, cfg: Retrain, seed: int, **extra):
@@ -150,6 +164,25 @@ def train(
     return losses, trained_pairs
 
 
+def feedback_data(ctx: StageContext) -> pd.DataFrame:
+    """The rewriting and selection targets of the rewrite stage's retrieval feedback, with their prompts."""
+    cfg = ctx.settings.rewrite
+    feedback = ctx.read("rewrite", "rewrite_feedback") if "rewrite" in ctx.upstream else pd.DataFrame()
+    if feedback.empty:
+        return pd.DataFrame(columns=["item_id", "candidate", "target", "kind", "prompt"])
+    targets = feedback_targets(feedback, cfg.feedback)
+    rows = pd.DataFrame(
+        {
+            "item_id": targets["query_id"],
+            "candidate": [strategy_number(s) for s in targets["strategy"]],
+            "target": targets["target"],
+            "kind": targets["kind"],
+        }
+    )
+    names, chars = list(cfg.strategies), cfg.max_query_chars
+    return rows.assign(prompt=target_prompts(rows["item_id"], rows["kind"], rows["candidate"], names, chars))
+
+
 def training_data(ctx: StageContext) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(synthetic SFT rows, human SFT rows, DPO pairs), each with its prompt."""
     settings = ctx.settings
@@ -193,7 +226,8 @@ def train_and_register(ctx: StageContext, start: ModelRef, fit_into, role: str) 
 def run(ctx: StageContext) -> StageOutput:
     cfg = ctx.settings.retrain
     synthetic, human, pairs = training_data(ctx)
-    phases = sft_phases(synthetic, human, cfg.sft, ctx.settings.seed) if cfg.sft.max_steps else []
+    feedback = feedback_data(ctx)
+    phases = sft_phases(synthetic, human, cfg.sft, ctx.settings.seed, feedback) if cfg.sft.max_steps else []
     noise_control = ctx.upstream_summary("denoise")
     start = ctx.turn_model
 
@@ -227,6 +261,8 @@ def run(ctx: StageContext) -> StageOutput:
     metrics = {
         "sft_synthetic": len(synthetic),
         "sft_human": len(human),
+        "sft_rewrite": int((feedback["kind"] == "sft-rewrite").sum()),
+        "sft_select": int((feedback["kind"] == "sft-select").sum()),
         "dpo_pairs": len(pairs),
         "dpo_pairs_trained": len(trained_pairs),
         "dpo_pairs_corrected": int(trained_pairs["corrected"].sum()) if len(trained_pairs) else 0,
@@ -235,7 +271,7 @@ def run(ctx: StageContext) -> StageOutput:
     summary = {"candidate_version": candidate.version, "candidate_fingerprint": candidate.fingerprint}
     return StageOutput(
         {"training_examples": examples[list(TRAINING_EXAMPLES.column_names)]},
-        rows_in=len(synthetic) + len(human) + len(pairs),
+        rows_in=len(synthetic) + len(human) + len(feedback) + len(pairs),
         metrics=metrics,
         summary=summary,
     )
@@ -244,7 +280,7 @@ def run(ctx: StageContext) -> StageOutput:
 STAGE = StageDef(
     name="retrain",
     outputs=(TRAINING_EXAMPLES,),
-    upstream=("ingest", "context", "refine", "denoise", "preference"),
+    upstream=("ingest", "context", "refine", "denoise", "preference", "rewrite"),
     sections=("data", "retrain"),
     run=run,
     registers_models=True,

@@ -4,12 +4,14 @@ line and stops at the first problem with the file, line and what is wrong, befor
 
 `semanlink_to_beir` converts the Semanlink arXiv→tags set inside `cherche==2.2.1` (read as JSON, never imported):
 a query is an arXiv paper (title + abstract), a document is a curator tag (label, alternative labels, broader
-labels, comment), and the paper's tags are its relevant documents.
+labels, comment), and the paper's tags are its relevant documents. `split_queries` splits it, seeded, into queries
+the turn may learn from and queries its retrieval scoreboard holds out (`tasks/rag_eval`).
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -91,8 +93,8 @@ def _labels(value) -> list[str]:
     return [str(v) for v in parsed] if isinstance(parsed, list) else [str(parsed)]
 
 
-def semanlink_to_beir(out: Path) -> dict[str, int]:
-    """Write the Semanlink arXiv→tags benchmark to `out` in BEIR layout (atomically per file); returns counts."""
+def _semanlink_rows() -> tuple[list[dict], list[dict], list[tuple[str, str, int]]]:
+    """The Semanlink arXiv→tags benchmark as BEIR rows: corpus, queries, qrels (query id, doc id, grade)."""
     folder = semanlink_dir()
     papers = json.loads((folder / "arxiv.json").read_text())
     tags = json.loads((folder / "tags.json").read_text())
@@ -113,11 +115,40 @@ def semanlink_to_beir(out: Path) -> dict[str, int]:
         parts.append(f"broader: {', '.join(broader)}" if broader else "")
         parts.append(" ".join(str(info.get("comment") or "").split())[:500])
         corpus.append({"_id": tag, "title": labels[0], "text": ". ".join(p for p in parts if p) or labels[0]})
+    return corpus, queries, qrels
+
+
+def semanlink_to_beir(out: Path) -> dict[str, int]:
+    """Write the Semanlink arXiv→tags benchmark to `out` in BEIR layout (atomically per file); returns counts."""
+    corpus, queries, qrels = _semanlink_rows()
     out.mkdir(parents=True, exist_ok=True)
     _write(out / "corpus.jsonl", "".join(json.dumps(row) + "\n" for row in corpus))
     _write(out / "queries.jsonl", "".join(json.dumps(row) + "\n" for row in queries))
     _write(out / "qrels.tsv", "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in qrels))
     return {"queries": len(queries), "documents": len(corpus), "judgments": len(qrels)}
+
+
+def semanlink_benchmark() -> Benchmark:
+    """The Semanlink arXiv→tags benchmark in memory, as `load_beir` reads the files `semanlink_to_beir` writes."""
+    corpus, queries, judgments = _semanlink_rows()
+    qrels: dict[str, dict[str, int]] = {}
+    for query_id, doc_id, grade in judgments:
+        qrels.setdefault(query_id, {})[doc_id] = grade
+    return Benchmark(
+        {row["_id"]: f"{row['title']}. {row['text']}" for row in corpus},
+        {row["_id"]: row["text"] for row in queries if row["_id"] in qrels},
+        qrels,
+    )
+
+
+def split_queries(query_ids: list[str], heldout_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(train, held-out) query ids, each in a seeded order: a query's side depends only on the seed and its id, so
+    the split is the same every turn and a query never crosses it."""
+    keys = {q: hashlib.sha256(f"{seed}:queries:{q}".encode()).digest() for q in query_ids}
+    ordered = sorted(query_ids, key=keys.__getitem__)
+    heldout = [q for q in ordered if int.from_bytes(keys[q][:8], "big") / 2**64 < heldout_fraction]
+    chosen = set(heldout)
+    return [q for q in ordered if q not in chosen], heldout
 
 
 def _write(path: Path, text: str) -> None:

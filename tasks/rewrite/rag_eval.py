@@ -3,7 +3,7 @@ query pools: the original query only, each single strategy (original + its rewri
 model's adaptive selection. Metrics: P@5, Hit@5, Recall@10, nDCG@10, MRR@10, and the average number of rewrites per
 query (the cost). Retrieval is the rewrite stage's (`rewrite.fusion_depth` documents from each ranking); below a
 depth of 10 a pool can fuse to fewer than 10 documents, and the @10 metrics count what it has. One function behind
-`flywheel rag eval` and `bench/retrieval.py`.
+`flywheel rag eval`, `bench/retrieval.py` and the turn's retrieval scoreboard (`tasks/rag_eval`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import os
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from stores.index import CorpusIndex, Fusion
@@ -38,6 +37,40 @@ def rag_configs(names: list[str], selections: list[list[str]]) -> dict[str, list
     return configs
 
 
+def score_queries(
+    bench: Benchmark,
+    query_ids: list[str],
+    llm,
+    index: CorpusIndex,
+    names: list[str],
+    sampling: Sampling,
+    max_chars: int,
+    fusion: Fusion,
+    rrf_k: int,
+    depth: int,
+) -> tuple[pd.DataFrame, list[tuple[list[str], str]], list[dict[str, str]]]:
+    """One row per query and config (the strategies applied, its metrics, how many rewrites its pool used); per
+    query, the model's adaptive selection (strategies, reason) and its rewrites by every strategy."""
+    texts = [bench.queries[q] for q in query_ids]
+    rewrites = rewrite(texts, [names] * len(texts), llm, sampling, max_chars)
+    selections = select_strategies(texts, llm, names, max_chars)
+    rows = []
+    for config, plans in rag_configs(names, [chosen for chosen, _ in selections]).items():
+        pools = [QueryPool(t, plan, "", r) for t, plan, r in zip(texts, plans, rewrites)]
+        retrieved = index.search([p.queries for p in pools], 10, rrf_k, fusion=fusion, depth=depth)
+        rows += [
+            {
+                "query_id": q,
+                "config": config,
+                "strategies": p.strategies,
+                **query_metrics(r, bench.qrels[q]),
+                "rewrites": len(p.queries) - 1,
+            }
+            for q, p, r in zip(query_ids, pools, retrieved)
+        ]
+    return pd.DataFrame(rows), selections, rewrites
+
+
 def evaluate_rag(
     bench: Benchmark,
     llm,
@@ -53,30 +86,22 @@ def evaluate_rag(
     depth: int,
 ) -> dict:
     query_ids = sorted(bench.queries)[:limit]
-    texts = [bench.queries[q] for q in query_ids]
     docs = pd.DataFrame({"doc_id": list(bench.corpus), "text": list(bench.corpus.values())})
     index = CorpusIndex(con, docs, embed, table)
-    rewrites = rewrite(texts, [names] * len(texts), llm, sampling, max_chars)
-    selections = select_strategies(texts, llm, names, max_chars)
-    rows = []
-    for config, plans in rag_configs(names, [chosen for chosen, _ in selections]).items():
-        pools = [QueryPool(t, plan, "", r) for t, plan, r in zip(texts, plans, rewrites)]
-        retrieved = index.search([p.queries for p in pools], 10, rrf_k, fusion=fusion, depth=depth)
-        scores = pd.DataFrame([query_metrics(r, bench.qrels[q]) for r, q in zip(retrieved, query_ids)])
-        rows.append(
-            {
-                "config": config,
-                **scores.mean().to_dict(),
-                "rewrites_per_query": float(np.mean([len(p.queries) - 1 for p in pools])),
-            }
-        )
+    scores, selections, rewrites = score_queries(
+        bench, query_ids, llm, index, names, sampling, max_chars, fusion, rrf_k, depth
+    )
+    means = scores.drop(columns=["query_id", "strategies"]).rename(columns={"rewrites": "rewrites_per_query"})
     usage = Counter(name for chosen, _ in selections for name in chosen)
     return {
         "queries": len(query_ids),
         "documents": len(bench.corpus),
         "fusion": fusion,
         "fusion_depth": depth,
-        "configs": rows,
+        "configs": [
+            {"config": c, **group.drop(columns="config").mean().to_dict()}
+            for c, group in means.groupby("config", sort=False)
+        ],
         "selection_counts": {name: usage.get(name, 0) for name in names},
         "examples": [
             {"query_id": q, "selected": chosen, "reason": reason, "rewrites": r}

@@ -7,8 +7,13 @@ Query = an item's content (abstract or curator comment); corpus = the non-held-o
 tags). Retrieval quality is measured without any model: tag precision@k, the fraction of retrieved documents that
 share a curator tag with the query's item, for the original query alone and for the pool.
 
+With `rewrite.feedback.queries_per_turn` > 0 the stage also collects retrieval feedback on the turn's window of
+the Semanlink arXiv→tags train queries (`feedback.py`): sampled rewrites scored against that benchmark's judgments,
+which the retrain stage turns into rewriting and selection targets.
+
 Input: `items`. Output columns (`rewrites`): item_id, strategy, rewritten (one row per applied strategy);
-(`retrievals`): item_id, selected, reason, retrieved_original, retrieved, tag_precision_original, tag_precision.
+(`retrievals`): item_id, selected, reason, retrieved_original, retrieved, tag_precision_original, tag_precision;
+(`rewrite_feedback`): see `feedback.py`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from stores.schema import Column, TableSpec
 from tasks.llm.embeddings import embed
 from tasks.prompts import clip
 from tasks.rewrite.dmqr import build_pools
+from tasks.rewrite.feedback import FEEDBACK, benchmark_index, collect_feedback, train_window
 from tasks.stage import StageContext, StageDef, StageOutput
 
 REWRITES = TableSpec(
@@ -89,6 +95,7 @@ def run(ctx: StageContext) -> StageOutput:
         [(i, name, text) for i, p in zip(ids, pools) for name, text in p.rewrites.items()],
         columns=["item_id", "strategy", "rewritten"],
     )
+    feedback = retrieval_feedback(ctx)
     usage = Counter(name for p in pools for name in p.strategies)
     metrics = {
         "corpus_docs": len(index.doc_ids),
@@ -96,10 +103,30 @@ def run(ctx: StageContext) -> StageOutput:
         f"tag_precision_at_{cfg.top_k}_original": float(np.mean(retrievals["tag_precision_original"])),
         f"tag_precision_at_{cfg.top_k}_rewritten": float(np.mean(retrievals["tag_precision"])),
         **{f"selected_{name}": usage.get(name, 0) for name in cfg.strategies},
+        "feedback_queries": feedback["query_id"].nunique(),
+        "feedback_rewrites_beating_original": int((feedback["gain"] > 0).sum()),
     }
-    return StageOutput({"rewrites": rewrites, "retrievals": retrievals}, rows_in=len(queries_items), metrics=metrics)
+    tables = {"rewrites": rewrites, "retrievals": retrievals, "rewrite_feedback": feedback}
+    return StageOutput(tables, rows_in=len(queries_items), metrics=metrics)
+
+
+def retrieval_feedback(ctx: StageContext) -> pd.DataFrame:
+    """The turn model's sampled rewrites of this turn's benchmark train queries, scored (none when switched off)."""
+    cfg, seed = ctx.settings.rewrite, ctx.settings.seed
+    if not cfg.feedback.queries_per_turn:
+        return pd.DataFrame(columns=list(FEEDBACK.column_names))
+    bench, index = benchmark_index(ctx.store.con)
+    count = cfg.feedback.queries_per_turn
+    query_ids = train_window(bench, ctx.settings.rag_eval.heldout_fraction, seed, ctx.turn, count)
+    retrieval = {"rrf_k": cfg.rrf_k, "fusion": cfg.fusion, "depth": cfg.fusion_depth}
+    names, chars = list(cfg.strategies), cfg.max_query_chars
+    return collect_feedback(bench, query_ids, ctx.llm, index, names, cfg.feedback, chars, retrieval, seed)
 
 
 STAGE = StageDef(
-    name="rewrite", outputs=(REWRITES, RETRIEVALS), upstream=("ingest",), sections=("data", "rewrite"), run=run
+    name="rewrite",
+    outputs=(REWRITES, RETRIEVALS, FEEDBACK),
+    upstream=("ingest",),
+    sections=("data", "rewrite", "rag_eval"),  # rag_eval: which benchmark queries are held out from feedback
+    run=run,
 )

@@ -56,3 +56,14 @@ def test_only_new_or_changed_documents_are_embedded_again(tmp_path):
         assert embed.texts == 5
         assert index.doc_ids == ["kg", "pasta", "rag"]
         assert index.bm25("bread", 3) == ["pasta"]
+
+
+def test_a_query_searched_again_is_embedded_once(tmp_path):
+    embed = CountingEmbed()
+    with Store.open(tmp_path / "s.duckdb") as store:
+        index = CorpusIndex(store.con, DOCS, embed)
+        before = embed.texts
+        first = index.search([["pasta at home"], ["pasta at home", "graph networks"]], k=2)
+        again = index.search([["graph networks", "pasta at home"]], k=2)
+    assert embed.texts - before == 2  # two distinct queries over both calls
+    assert first[0][0] == "pasta" and len(again[0]) == 2

@@ -11,7 +11,8 @@ import pytest
 from stores.index import CorpusIndex
 from stores.store import Store
 from tasks.errors import InputError
-from tasks.rewrite.beir import load_beir, semanlink_to_beir
+from tasks.rag_eval.scoreboard import summarize
+from tasks.rewrite.beir import load_beir, semanlink_benchmark, semanlink_to_beir, split_queries
 from tasks.rewrite.dmqr import QueryPool
 from tasks.rewrite.metrics import hit_at, mrr_at, ndcg_at, precision_at, query_metrics, recall_at
 from tasks.rewrite.rag_eval import rag_configs
@@ -126,6 +127,37 @@ def test_the_bundled_semanlink_benchmark_converts_to_beir(tmp_path):
     first = json.loads((tmp_path / "queries.jsonl").read_text().splitlines()[0])
     assert len(first["text"]) > 100  # title + abstract
     assert pd.Series([len(v) for v in bench.qrels.values()]).min() >= 1
+    assert semanlink_benchmark() == bench  # the scoreboard's in-memory copy reads the same benchmark
+
+
+def test_query_split_is_seeded_disjoint_and_stable():
+    ids = [f"q{i}" for i in range(400)]
+    train, heldout = split_queries(ids, 0.25, 13)
+    assert sorted(train + heldout) == sorted(ids) and not set(train) & set(heldout)
+    assert 70 <= len(heldout) <= 130
+    assert split_queries(ids[::-1], 0.25, 13) == (train, heldout)  # the input order does not matter
+    assert split_queries(ids[:200], 0.25, 13)[1] == [q for q in heldout if q in ids[:200]]  # nor the other queries
+    assert split_queries(ids, 0.25, 14)[1] != heldout
+
+
+def test_retrieval_scoreboard_summary_by_hand():
+    rows = []
+    for query, (start, candidate) in {"a": (0.2, 0.6), "b": (0.4, 0.4), "c": (0.0, 0.2)}.items():
+        for role, adaptive, picks in (("start", start, ["kwr"]), ("candidate", candidate, ["gqr", "kwr"])):
+            rows.append({"query_id": query, "role": role, "config": "original", "strategies": [], "p_at_5": 0.2})
+            rows.append(
+                {"query_id": query, "role": role, "config": "adaptive", "strategies": picks, "p_at_5": adaptive}
+            )
+    scores = pd.DataFrame(rows).assign(ndcg_at_10=0.5, rewrites=lambda f: f["strategies"].map(len))
+    summary = summarize(scores, seed=1)
+    assert summary["queries"] == 3 and summary["candidate_adaptive_p_at_5"] == pytest.approx(0.4)
+    assert summary["candidate_adaptive_rewrites_per_query"] == 2 and summary["start_original_rewrites_per_query"] == 0
+    assert summary["candidate_adaptive_gain_p_at_5"] == pytest.approx(0.2)
+    assert summary["candidate_adaptive_gain_p_at_5_relative"] == pytest.approx(1.0)  # 0.4 vs 0.2
+    assert summary["start_adaptive_gain_p_at_5"] == pytest.approx(0.0)
+    assert summary["delta_adaptive_p_at_5"] == pytest.approx(0.2)
+    assert summary["delta_adaptive_p_at_5_ci_low"] <= 0.2 <= summary["delta_adaptive_p_at_5_ci_high"]
+    assert summary["candidate_selected_gqr"] == 3 and summary["candidate_top_strategy_share"] == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize(
@@ -144,3 +176,22 @@ def test_rewrites_are_cleaned_of_small_model_wrapping(raw, clean):
     from tasks.rewrite.dmqr import clean_rewrite
 
     assert clean_rewrite(raw, 300) == clean
+
+
+def test_feedback_targets_keep_the_best_rewrite_that_beat_the_original_and_select_by_gain():
+    from tasks.config import Feedback
+    from tasks.rewrite.feedback import feedback_targets
+
+    rows = [("a", "original", 0, "", 0.0)]
+    rows += [("a", "kwr", 0, "kw worse", -0.1), ("a", "kwr", 1, "kw best", 0.3), ("a", "kwr", 2, "kw good", 0.2)]
+    rows += [("a", "gqr", 0, "gq", 0.1), ("a", "cce", 0, "cc", 0.0), ("a", "par", 0, "pa", 0.05)]
+    rows += [("b", "original", 0, "", 0.0), ("b", "kwr", 0, "", 0.4), ("b", "gqr", 0, "no better", 0.0)]
+    feedback = pd.DataFrame(rows, columns=["query_id", "strategy", "sample", "output", "gain"])
+    targets = feedback_targets(feedback, Feedback(max_selected=2))
+    rewrites = targets[targets["kind"] == "sft-rewrite"]
+    assert list(zip(rewrites["strategy"], rewrites["target"])) == [("gqr", "gq"), ("kwr", "kw best"), ("par", "pa")]
+    assert set(rewrites["query_id"]) == {"a"}  # b: an empty rewrite is no target, a tie with the original neither
+    [select] = targets.loc[targets["kind"] == "sft-select", "target"]
+    chosen, reason = parse_selection(select, STRATEGIES)
+    assert chosen == ["kwr", "gqr"] and reason  # best first, at most max_selected
+    assert len(feedback_targets(feedback, Feedback(min_gain=0.2))) == 2  # kwr 0.3 alone, and its selection

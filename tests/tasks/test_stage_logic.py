@@ -108,3 +108,15 @@ def test_human_refinement_comes_last_by_default_and_its_share_is_a_param():
     assert len(sft_phases(synthetic, human.iloc[0:0], after, seed=0)) == 1
     [mixed] = sft_phases(synthetic, human, Sft(human_order="mixed", human_share=0.5), seed=0)
     assert (mixed["kind"] == "sft-human").sum() == 3  # resampled to half of the mixed set
+
+
+def test_retrieval_feedback_is_a_first_phase_of_one_pass_that_leaves_the_caption_steps_alone():
+    synthetic = pd.DataFrame({"target": ["s1", "s2", "s3"], "kind": "sft-synthetic"})
+    human = pd.DataFrame({"target": ["h1"], "kind": "sft-human"})
+    feedback = pd.DataFrame({"target": [f"f{i}" for i in range(9)], "kind": ["sft-rewrite"] * 7 + ["sft-select"] * 2})
+    cfg = Sft(max_steps=8, batch_size=2, gradient_accumulation=2)
+    phases = sft_phases(synthetic, human, cfg, seed=0, feedback=feedback)
+    assert [len(p) for p in phases] == [9, 3, 1]
+    assert phase_steps(phases, cfg) == [3, 6, 2]  # ceil(9 / (2 x 2)), then the captions' 8 as without feedback
+    assert phase_steps(phases[1:], cfg) == [6, 2]
+    assert len(sft_phases(synthetic, human, cfg, seed=0, feedback=feedback.iloc[0:0])) == 2

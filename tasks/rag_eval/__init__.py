@@ -1,0 +1,3 @@
+from tasks.rag_eval.scoreboard import RAG_SCORES, STAGE
+
+__all__ = ["RAG_SCORES", "STAGE"]
