@@ -90,14 +90,14 @@ def main(argv: list[str] | None = None) -> dict:
     base = _params(
         args, "turn1", {"human_prompts_per_turn": 0, "prompts_per_turn": 2}, {"max_steps": 0}, args.sft_steps
     )
-    for stage in ("ingest", "context", "refine", "annotate", "denoise", "preference", "retrain"):
+    for stage in ("ingest", "context", "refine", "annotate", "denoise", "preference", "rewrite", "retrain"):
         run_stage(stage, base, 1)
     policy = _make_champion(base, run_stage("retrain", base, 1).summary["candidate_version"])
     rows, stats = [], []
     for method in args.methods:
         collection, dpo = METHODS[method]
         settings = _params(args, method, collection, dpo, 0)
-        for stage in ("refine", "annotate", "denoise"):  # retrain's upstream; the same batch for every method
+        for stage in ("refine", "annotate", "denoise", "rewrite"):  # retrain's upstream, the same for every method
             run_stage(stage, settings, 2)
         collected = run_stage("preference", settings, 2)
         retrained = run_stage("retrain", settings, 2)
@@ -142,6 +142,7 @@ def _params(args, name: str, collection: dict, dpo: dict, sft_steps: int):
             "evaluate": {"items": args.heldout},
             "annotate": {"items_per_turn": args.turn1_items if name == "turn1" else 8},  # turn 2 trains no SFT
             "data": {"probe_items": 0},  # the dataset-quality probe measures nothing this bench compares
+            "skip": ["rewrite"],  # retrain reads its (empty) retrieval feedback; the bench compares caption pairs
         }
         | ({} if args.context_docs is None else {"context": {"docs": args.context_docs}}),
     )
