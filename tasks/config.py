@@ -357,9 +357,20 @@ class Settings(Strict):
     def _resolve(self, path: Path) -> Path:
         return path if path.is_absolute() else (self.root / path).resolve()
 
+    def section_values(self, *sections: str) -> dict:
+        """The named sections; a dotted name (`rag_eval.heldout_fraction`) names one field, so a stage that reads
+        one field of another stage's section does not rerun when the rest of it changes."""
+        values = {}
+        for name in sections:
+            value = self
+            for part in name.split("."):
+                value = getattr(value, part)
+            values[name] = value
+        return values
+
     def section_hash(self, *sections: str) -> str:
         """Stable hash of the named sections (plus the seed): the params hash a stage's rows carry."""
-        payload = {name: getattr(self, name) for name in sections}
+        payload = self.section_values(*sections)
         payload["seed"] = self.seed
         text = json.dumps(payload, default=lambda m: m.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -346,9 +346,8 @@ class _Run:
                     {"metrics": output.metrics, "llm_calls": calls, "usage": asdict(usage), **output.summary},
                 )
                 self.store.record_stage_run(record)
-            mlrun.log_params(
-                {f"{s}.{k}": v for s in self.stage.sections for k, v in _flat(getattr(self.settings, s)).items()}
-            )
+            sections = self.settings.section_values(*self.stage.sections)
+            mlrun.log_params({key: v for name, section in sections.items() for key, v in _flat(name, section).items()})
             counts = {"rows_in": output.rows_in, "rows_out": rows_out, "quarantined": quarantined}
             model_work = {f"llm_{name}": value for name, value in asdict(usage).items()}
             mlrun.log_metrics({**counts, "seconds": seconds, **model_work, **output.metrics})
@@ -361,13 +360,16 @@ def skipped_output(stage: StageDef) -> StageOutput:
     return StageOutput(empty, rows_in=0, summary={"skipped": True})
 
 
-def _flat(section) -> dict:
+def _flat(name: str, section) -> dict:
+    """MLflow params of a config section (or of one field of it), as dotted names."""
+    if not hasattr(section, "model_dump"):
+        return {name: section}
     flat = {}
     for key, value in section.model_dump(mode="json").items():
         if isinstance(value, dict):
-            flat |= {f"{key}.{k}": v for k, v in value.items()}
+            flat |= {f"{name}.{key}.{k}": v for k, v in value.items()}
         else:
-            flat[key] = value
+            flat[f"{name}.{key}"] = value
     return flat
 
 

@@ -108,11 +108,16 @@ class StageContext:
         items = self.items(split)
         if split == "train":
             items = items.iloc[: len(items) - min(self.settings.data.probe_items, len(items))]
-        if items.empty or count == 0:
-            return items.iloc[0:0]
-        start = ((self.turn - 1) * count) % len(items)
-        positions = [(start + offset) % len(items) for offset in range(min(count, len(items)))]
-        return items.iloc[positions].reset_index(drop=True)
+        return items.iloc[turn_window(len(items), self.turn, count)].reset_index(drop=True)
+
+
+def turn_window(length: int, turn: int, count: int) -> list[int]:
+    """Positions of a turn's `count` entries in a sequence of `length`: consecutive windows, turn after turn,
+    wrapping around (never more than the sequence holds)."""
+    if length == 0 or count == 0:
+        return []
+    start = ((turn - 1) * count) % length
+    return [(start + offset) % length for offset in range(min(count, length))]
 
 
 def seeded_order(items: pd.DataFrame, seed: int) -> pd.DataFrame:

@@ -61,6 +61,20 @@ def test_section_hash_changes_only_with_its_sections(tmp_path):
     assert a.section_hash("annotate", "data") == b.section_hash("annotate", "data")
 
 
+def test_a_dotted_section_hashes_one_field(tmp_path):
+    """The rewrite stage reads only `rag_eval.heldout_fraction`: the scoreboard's query count must not rerun it."""
+    fewer = tmp_path / "a.yaml"
+    fewer.write_text("rag_eval: {queries: 8}\n")
+    split = tmp_path / "b.yaml"
+    split.write_text("rag_eval: {heldout_fraction: 0.4}\n")
+    (tmp_path / "defaults.yaml").write_text("{}\n")
+    base, a, b = load_settings(tmp_path / "defaults.yaml"), load_settings(fewer), load_settings(split)
+    assert a.section_values("rag_eval.heldout_fraction") == {"rag_eval.heldout_fraction": 0.5}
+    assert a.section_hash("rag_eval.heldout_fraction") == base.section_hash("rag_eval.heldout_fraction")
+    assert a.section_hash("rag_eval") != base.section_hash("rag_eval")
+    assert b.section_hash("rag_eval.heldout_fraction") != base.section_hash("rag_eval.heldout_fraction")
+
+
 @pytest.mark.parametrize(
     "section, key, value",
     [

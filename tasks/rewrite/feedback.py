@@ -24,7 +24,7 @@ from tasks.rewrite.beir import Benchmark, semanlink_benchmark, split_queries
 from tasks.rewrite.dmqr import clean_rewrite
 from tasks.rewrite.metrics import query_metrics
 from tasks.rewrite.strategies import STRATEGIES, selection_messages
-from tasks.stage import derive_seed
+from tasks.stage import derive_seed, turn_window
 
 FEEDBACK_KINDS = ("sft-rewrite", "sft-select")
 ORIGINAL = "original"  # the strategy name of the original query's own row
@@ -55,8 +55,7 @@ def benchmark_index(con) -> tuple[Benchmark, CorpusIndex]:
 def train_window(bench: Benchmark, heldout_fraction: float, seed: int, turn: int, count: int) -> list[str]:
     """This turn's `count` train queries: consecutive windows over the seeded train order, wrapping around."""
     train, _ = split_queries(sorted(bench.queries), heldout_fraction, seed)
-    start = ((turn - 1) * count) % len(train)
-    return [train[(start + offset) % len(train)] for offset in range(min(count, len(train)))]
+    return [train[position] for position in turn_window(len(train), turn, count)]
 
 
 def collect_feedback(

@@ -127,6 +127,6 @@ STAGE = StageDef(
     name="rewrite",
     outputs=(REWRITES, RETRIEVALS, FEEDBACK),
     upstream=("ingest",),
-    sections=("data", "rewrite", "rag_eval"),  # rag_eval: which benchmark queries are held out from feedback
+    sections=("data", "rewrite", "rag_eval.heldout_fraction"),  # which benchmark queries feedback never trains on
     run=run,
 )
