@@ -28,6 +28,7 @@ BENCHES = {
     "turn-transformers": ["bench/turn.py", "--backend", "transformers", "--context-docs", "0"],
     "turn-vllm": ["bench/turn.py", "--backend", "vllm", "--context-docs", "0"],
     "dpo": ["bench/dpo.py"],
+    "training": ["bench/training.py"],
     "scale": ["bench/scale.py"],
     "retrieval_speed": ["bench/retrieval_speed.py"],
 }
@@ -53,6 +54,16 @@ def headlines(results: dict) -> list[tuple[str, str, str]]:
                 figure = f"{kind} {row['path']}: share of the matmul limit ({limit:.0f} GFLOP/s {dtype}, 512 rows)"
                 measured = f"{row['gflop_s'] / limit:.0%} ({row['gflop_s']:.0f} GFLOP/s)"
                 rows.append((figure, measured, ">= 50%" if default_path else "reported"))
+    if {"roofline", "training"} <= results.keys():
+        measured_rows = max(
+            int(n) for by_rows in results["roofline"]["model_weighted_gflop_s"].values() for n in by_rows
+        )
+        limit, dtype = limit_gflop_s(results["roofline"], measured_rows)  # 2048 rows in make bench: a training batch
+        for row in results["training"]["rows"]:
+            figure = f"SFT step, {row['row']} precision: share of the matmul limit ({limit:.0f} GFLOP/s {dtype}, "
+            figure += f"{measured_rows} rows)"
+            measured = f"{row['gflop_s'] / limit:.0%} ({row['gflop_s']:.0f} GFLOP/s, {row['s_per_step']:.1f} s/step)"
+            rows.append((figure, measured, ">= 40%" if row["row"] == "default" else "reported"))
     if "generation" in results:
         gen = {r["path"].split(" (")[0]: r for r in results["generation"]["generation"]}
         for path, row in gen.items():

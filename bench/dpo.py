@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
                 return DPOConfig(
                     output_dir=str(out), max_steps=steps, per_device_train_batch_size=2,
                     learning_rate=cfg.learning_rate, beta=cfg.beta, seed=0, data_seed=0, logging_steps=1,
-                    save_strategy="no", report_to="none", use_cpu=True, lr_scheduler_type="constant", **extra,
+                    save_strategy="no", report_to="none", use_cpu=True, lr_scheduler_type="constant",
+                    activation_checkpointing=False, **extra,  # as the retrain stage trains
                 )  # fmt: skip
 
             torch.manual_seed(0)

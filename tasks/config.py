@@ -261,6 +261,7 @@ class Dpo(Strict):
 class Retrain(Strict):
     max_length: int = Field(512, ge=64, le=4096)
     bf16: bool | Literal["auto"] = Field("auto", validate_default=True)  # bf16 autocast, fp32 master weights
+    activation_checkpointing: bool = False  # recompute activations in backward (TRL default): less memory, more compute
     sft: Sft = Sft()
     dpo: Dpo = Dpo()
 

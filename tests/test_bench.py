@@ -73,6 +73,21 @@ def test_performance_benches_run_and_report_their_ratios(tmp_path, bench, args):
     assert rows and all(measured for _, measured, _ in rows)
 
 
+def test_training_bench_times_the_stages_trainer_and_profiles_it(tmp_path):
+    out = tmp_path / "training.json"
+    extra = ["--work", str(tmp_path / "work"), "--out", str(out), "--mlflow-dir", str(tmp_path / "mlflow")]
+    command = [sys.executable, str(REPO / "bench" / "training.py"), "--steps", "1", "--profile", *extra]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = {r["row"]: r for r in result["rows"]}
+    assert {"default", "activation checkpointing"} <= rows.keys()
+    assert all(len(r["step_seconds"]) == r["steps"] == 1 and r["gflop_s"] > 0 for r in rows.values())
+    assert rows["default"]["top_ops"] and rows["activation checkpointing"]["activation_checkpointing"]
+    if rows["default"]["bf16"]:  # bf16 matmuls go to oneDNN (float32 ones to MKL, which oneDNN does not log)
+        assert any(primitive.startswith("matmul") for primitive in result["onednn"]), result["onednn"]
+
+
 def test_roofline_measures_the_limits_and_the_suite_reports_shares_of_them(tmp_path):
     from bench.all import headlines
     from bench.roofline import Dims, forward_flops, generation_flops
@@ -89,9 +104,13 @@ def test_roofline_measures_the_limits_and_the_suite_reports_shares_of_them(tmp_p
     prefill = forward_flops(dims, 0, 100, 1)
     assert generation_flops(dims, [100], [1]) == prefill and generation_flops(dims, [100], [3]) > prefill
     generation = {"generation": [{"path": "transformers batched (16)", "gflop_s": 10.0}], "scoring": []}
-    rows = headlines({"roofline": roofline, "generation": generation})
+    training = {"rows": [{"row": "default", "gflop_s": 20.0, "s_per_step": 4.0}]}
+    rows = headlines({"roofline": roofline, "generation": generation, "training": training})
     share = next(measured for figure, measured, _ in rows if figure.startswith("generation transformers batched"))
     assert share.endswith("(10 GFLOP/s)")
+    step = next((figure, measured) for figure, measured, _ in rows if figure.startswith("SFT step, default"))
+    limit = max(by_rows.get("512", 0) for by_rows in roofline["model_weighted_gflop_s"].values())
+    assert f"({limit:.0f} GFLOP/s" in step[0] and step[1] == f"{20 / limit:.0%} (20 GFLOP/s, 4.0 s/step)"
 
 
 QUALITY_BENCHES = {
@@ -106,7 +125,7 @@ QUALITY_BENCHES = {
     ],
     "turn": ["--train-items", "2", "--heldout-items", "2", "--context-docs", "0", "--probe-items", "0"],
 }  # fmt: skip
-SMOKED = {"noise_control", "scale", "generation", "retrieval_speed", "dpo", "roofline", *QUALITY_BENCHES}
+SMOKED = {"noise_control", "scale", "generation", "retrieval_speed", "dpo", "training", "roofline", *QUALITY_BENCHES}
 
 
 @pytest.mark.parametrize("bench, args", list(QUALITY_BENCHES.items()))

@@ -93,6 +93,7 @@ def _trainer_args(config_cls, out: Path, steps: int, phase, cfg: Retrain, seed: 
         data_seed=seed,
         max_length=cfg.max_length,
         bf16=cfg.bf16,
+        activation_checkpointing=cfg.activation_checkpointing,
         logging_steps=1,
         save_strategy="no",
         report_to="none",
@@ -100,6 +101,34 @@ def _trainer_args(config_cls, out: Path, steps: int, phase, cfg: Retrain, seed: 
         lr_scheduler_type="constant",
         **extra,
     )
+
+
+def sft_trainer(model, tokenizer, phase: pd.DataFrame, steps: int, cfg: Retrain, seed: int, out: Path, tailr):
+    """TRL's SFT trainer for one phase (prompt, target, kind rows); TaiLr-weighted where the phase holds synthetic
+    annotations and γ > 0. `bench/training.py` times the same trainer."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    data = Dataset.from_list(
+        [
+            {"prompt": p, "completion": [{"role": "assistant", "content": t}]}
+            for p, t in zip(phase["prompt"], phase["target"])
+        ]
+    )
+    args = _trainer_args(SFTConfig, out, steps, cfg.sft, cfg, seed)
+    gamma, min_weight = tailr
+    if gamma > 0 and (phase["kind"] == "sft-synthetic").any():
+        from tasks.retrain.tailr_trainer import TaiLrSFTTrainer
+
+        return TaiLrSFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=data,
+            processing_class=tokenizer,
+            gamma=gamma,
+            min_weight=min_weight,
+        )
+    return SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
 
 
 def train(
@@ -116,9 +145,8 @@ def train(
     {name: [loss, ...]}, the DPO pairs trained on with their round). `tailr` = (γ, min_weight) for phases with
     synthetic annotations; γ = 0 trains them with plain MLE. `refresh(round, model, tokenizer, pairs)` may replace
     a later round's pairs."""
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOConfig, SFTConfig, SFTTrainer
+    from trl import DPOConfig
 
     from tasks.retrain.dpo import train_dpo
 
@@ -126,27 +154,7 @@ def train(
     model = AutoModelForCausalLM.from_pretrained(start_path)
     losses: dict[str, list[float]] = {}
     for number, (phase, steps) in enumerate(zip(phases, phase_steps(phases, cfg.sft))):
-        data = Dataset.from_list(
-            [
-                {"prompt": p, "completion": [{"role": "assistant", "content": t}]}
-                for p, t in zip(phase["prompt"], phase["target"])
-            ]
-        )
-        args = _trainer_args(SFTConfig, out / f"sft-{number}", steps, cfg.sft, cfg, seed)
-        gamma, min_weight = tailr
-        if gamma > 0 and (phase["kind"] == "sft-synthetic").any():
-            from tasks.retrain.tailr_trainer import TaiLrSFTTrainer
-
-            trainer = TaiLrSFTTrainer(
-                model=model,
-                args=args,
-                train_dataset=data,
-                processing_class=tokenizer,
-                gamma=gamma,
-                min_weight=min_weight,
-            )
-        else:
-            trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+        trainer = sft_trainer(model, tokenizer, phase, steps, cfg, seed, out / f"sft-{number}", tailr)
         model = fit(trainer)
         losses[f"sft_loss_phase{number}"] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     trained_pairs = pairs.iloc[0:0].assign(round=0)
