@@ -99,6 +99,7 @@ def measure(args: argparse.Namespace, folder: Path) -> None:
         "refine": {"items_per_turn": max(1, n // 2), "max_steps": 2},
         "retrain": {"sft": {"max_steps": 2}, "dpo": {"max_steps": 1}},
         "evaluate": {"items": args.heldout_items},
+        "rag_eval": {"queries": max(2, n // 2)},  # at its default (64 queries) it would be most of a small turn
         "model": {"backend": args.backend},
     }
     if args.probe_items is not None:

@@ -19,6 +19,7 @@ SPEC = {
     "name": "tiny",
     "turns": 3,
     "baseline": "human_only",
+    "params": {"skip": ["rewrite"]},  # as in experiments/ablation.yaml: no stage reads the rewrites
     "arms": {
         "full": {"promote": {"evidence": "point", "max_diversity_drop": 1.0, "secondary_must_hold": False}},
         "human_only": {
