@@ -53,10 +53,17 @@ def bench_splits(settings) -> dict[str, pd.DataFrame]:
     return {name: group.reset_index(drop=True) for name, group in frame.groupby("split")}
 
 
+def caption_phase(items: pd.DataFrame, targets: list[str], chars: int) -> pd.DataFrame:
+    """SFT rows (each item's caption prompt, its target, kind `sft-human`), as the retrain stage trains them."""
+    from tasks.prompts import caption_messages
+
+    prompts = [caption_messages(item, chars) for item in items.to_dict("records")]
+    return pd.DataFrame({"prompt": prompts, "target": list(targets), "kind": "sft-human"})
+
+
 def fine_tuned(start: Path, items: pd.DataFrame, targets: list[str], settings, steps: int, work: Path) -> Path:
     """`start` after `steps` SFT steps on (each item's caption prompt, its target), with the retrain section's
     settings; cached in `work` by its inputs, so a rerun only loads it."""
-    from tasks.prompts import caption_messages
     from tasks.retrain.retrain import train
 
     inputs = [
@@ -70,14 +77,7 @@ def fine_tuned(start: Path, items: pd.DataFrame, targets: list[str], settings, s
     key = json.dumps(inputs, default=lambda section: section.model_dump(mode="json"))
     target = work / f"sft-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if not (target / "model" / "model.safetensors").exists():
-        chars = settings.data.max_signal_chars
-        phase = pd.DataFrame(
-            {
-                "prompt": [caption_messages(r, chars) for r in items.to_dict("records")],
-                "target": list(targets),
-                "kind": "sft-human",
-            }
-        )
+        phase = caption_phase(items, targets, settings.data.max_signal_chars)
         cfg = settings.retrain.model_copy(update={"sft": settings.retrain.sft.model_copy(update={"max_steps": steps})})
         train(start, [phase], pd.DataFrame(), cfg, settings.seed, target)
     return target / "model"

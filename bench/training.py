@@ -36,30 +36,19 @@ os.environ.setdefault("FLYWHEEL_PROGRESS", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import stores  # noqa: E402,F401
-from bench.common import bench_splits, log_bench_run  # noqa: E402
-from bench.roofline import Dims, forward_flops  # noqa: E402
-
-
-def caption_phase(items, chars: int):
-    """SFT rows (prompt, target = human title, kind) for `items`, as the retrain stage builds them."""
-    import pandas as pd
-
-    from tasks.prompts import caption_messages
-
-    prompts = [caption_messages(item, chars) for item in items.to_dict("records")]
-    return pd.DataFrame({"prompt": prompts, "target": list(items["title"]), "kind": "sft-human"})
+from bench.common import bench_splits, caption_phase, log_bench_run  # noqa: E402
+from bench.roofline import Dims, scoring_flops  # noqa: E402
 
 
 def step_flops(dims: Dims, tokenizer, phase) -> tuple[float, int]:
-    """(training FLOPs, real tokens) over the phase's examples: 3x the forward, LM head on completion tokens."""
-    flops, tokens = 0.0, 0
+    """(training FLOPs, real tokens) over the phase's examples: 3x the scoring forward (LM head on the completion)."""
+    prompts, completions = [], []
     for prompt, target in zip(phase["prompt"], phase["target"]):
         prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
         full = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": target}], tokenize=True)
-        prompt_ids, full = _ids(prompt_ids), _ids(full)
-        flops += 3 * forward_flops(dims, 0, len(full), len(full) - len(prompt_ids))
-        tokens += len(full)
-    return flops, tokens
+        prompts.append(len(_ids(prompt_ids)))
+        completions.append(len(_ids(full)) - prompts[-1])
+    return 3 * scoring_flops(dims, prompts, completions), sum(prompts) + sum(completions)
 
 
 def _ids(encoded) -> list[int]:
@@ -71,7 +60,8 @@ def step_timer():
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
-        seconds: list[float] = []
+        def __init__(self):
+            self.seconds: list[float] = []
 
         def on_step_begin(self, args, state, control, **kwargs):
             self.started = time.perf_counter()
@@ -79,9 +69,7 @@ def step_timer():
         def on_step_end(self, args, state, control, **kwargs):
             self.seconds.append(time.perf_counter() - self.started)
 
-    timer = StepTimer()
-    timer.seconds = []
-    return timer
+    return StepTimer()
 
 
 def onednn_primitives(args: argparse.Namespace) -> dict[str, int]:
@@ -172,10 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
     batch = settings.retrain.sft.batch_size
     train = bench_splits(settings)["train"]
     chars = settings.data.max_signal_chars
-    warmup, timed = (
-        caption_phase(train.iloc[:batch], chars),
-        caption_phase(train.iloc[batch : batch * (1 + args.steps)], chars),
-    )
+    warmup, timed = train.iloc[:batch], train.iloc[batch : batch * (1 + args.steps)]
+    warmup, timed = (caption_phase(items, items["title"], chars) for items in (warmup, timed))
     flops, tokens = step_flops(Dims.of(path), AutoTokenizer.from_pretrained(path), timed)
     shutil.rmtree(args.work, ignore_errors=True)  # trainer folders of an earlier run
     args.work.mkdir(parents=True)
