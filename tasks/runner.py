@@ -33,6 +33,7 @@ from tasks.denoise import STAGE as DENOISE
 from tasks.errors import FlywheelError, StoreError
 from tasks.evaluate import STAGE as EVALUATE
 from tasks.ingest import STAGE as INGEST
+from tasks.llm.backend import SAMPLER_REVISION
 from tasks.llm.cached import CachedLLM, Usage
 from tasks.preference import STAGE as PREFERENCE
 from tasks.promote import STAGE as PROMOTE
@@ -104,7 +105,7 @@ def _backend(settings: Settings, ref: ModelRef):
 def engine_name(settings: Settings) -> str:
     """What answers model calls, as the LLM-call cache keys it: engines (and precisions) sample differently."""
     model = settings.model
-    return model.backend if model.backend == "vllm" else f"{model.backend}-{model.dtype}"
+    return model.backend if model.backend == "vllm" else f"{model.backend}-{model.dtype}-s{SAMPLER_REVISION}"
 
 
 def cached_llm(settings: Settings, store: Store, model: ModelRef) -> CachedLLM:

@@ -10,6 +10,10 @@ from typing import Protocol
 
 from tasks.config import Sampling
 
+# Bumped whenever the transformers backend draws differently from the same seed (the LLM-call cache keys on it, so
+# a store never mixes two samplers' answers). 2: each row draws among its nucleus, not the whole vocabulary.
+SAMPLER_REVISION = 2
+
 Messages = list[dict[str, str]]  # chat messages: [{"role": ..., "content": ...}, ...]
 
 

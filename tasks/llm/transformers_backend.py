@@ -3,7 +3,8 @@
 Sampling is seeded per row: a logits processor draws each row's next token with that row's own generator (or takes
 the argmax when greedy) and masks every other token, so `generate` under greedy search emits exactly the drawn token.
 A completion therefore depends on (prompt, sampling, seed) only, not on which other prompts share its batch, which
-is what the LLM-call cache key promises. The same processor records each drawn token's untempered log-prob.
+is what the LLM-call cache key promises (exactly in float32; in bfloat16 a batch's padding can move a logit by a
+rounding step, so a near-tie may go the other way). The same processor records each drawn token's untempered log-prob.
 """
 
 from __future__ import annotations
@@ -11,10 +12,48 @@ from __future__ import annotations
 import os
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import (
+    AttentionInterface,
+    AttentionMaskInterface,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Cache,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StaticCache,
+)
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
 
 from tasks.config import Sampling
 from tasks.llm.backend import Generation, Messages, Scored
+
+DECODE_ATTENTION = "flywheel_decode"
+
+
+def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """SDPA, except for one query token per row under a mask (decoding with padding or a preallocated cache): there
+    each key/value head's query heads attend together as two batched matmuls. SDPA's CPU flash kernel took 1.7-2.9
+    ms per layer and step there, a fifth of best-of-n generation time; the matmuls take about half of that (torch
+    profiler). Prefill stays with SDPA: the same matmuls were slower than its kernel there."""
+    if query.shape[2] != 1 or attention_mask is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    batch, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    weights = query.view(batch, kv_heads, heads // kv_heads, dim) @ key.transpose(-1, -2) * scaling
+    # the mask is [batch, 1, 1, keys]: True (or 0.0) where the row may attend
+    weights = (
+        weights.masked_fill(~attention_mask, float("-inf"))
+        if attention_mask.dtype == torch.bool
+        else weights + attention_mask
+    )
+    attended = weights.softmax(-1, dtype=torch.float32).to(value.dtype) @ value
+    return attended.view(batch, heads, 1, dim).transpose(1, 2), None
+
+
+AttentionInterface.register(DECODE_ATTENTION, decode_attention)
+AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
 
 
 class SeededSampler(LogitsProcessor):
@@ -25,37 +64,43 @@ class SeededSampler(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = scores.float()
-        logprobs = torch.log_softmax(scores, dim=-1)
-        if self.sampling.temperature == 0:
-            chosen = scores.argmax(dim=-1)
-        else:
-            chosen = torch.stack([self._draw(row, generator) for row, generator in zip(scores, self.generators)])
-        for row, token in enumerate(chosen.tolist()):
-            self.logprobs[row].append(logprobs[row, token].item())
-        forced = torch.full_like(scores, float("-inf"))
-        forced[torch.arange(len(chosen)), chosen] = 0.0
-        return forced
+        chosen = scores.argmax(dim=-1) if self.sampling.temperature == 0 else self._draw(scores)
+        logprobs = scores.gather(-1, chosen[:, None])[:, 0] - scores.logsumexp(dim=-1)
+        for row, logprob in enumerate(logprobs.tolist()):
+            self.logprobs[row].append(logprob)
+        return torch.full_like(scores, float("-inf")).scatter_(-1, chosen[:, None], 0.0)
 
-    def _draw(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _draw(self, logits: torch.Tensor) -> torch.Tensor:
+        """One token per row, drawn with the row's own generator among its nucleus (the whole vocabulary at
+        top_p 1). Drawing among the nucleus alone, not among the whole vocabulary with the rest zeroed, spends one
+        random number per candidate token instead of one per vocabulary entry (49k): that was a sixth of
+        best-of-n generation time at 64 rows (torch profiler)."""
         probs = torch.softmax(logits / self.sampling.temperature, dim=-1)
         if self.sampling.top_p < 1.0:
-            probs = nucleus(probs, self.sampling.top_p)
-        return torch.multinomial(probs, 1, generator=generator)[0]
+            rows = nucleus(probs, self.sampling.top_p)
+        else:
+            rows = [(row, torch.arange(len(row))) for row in probs]
+        return torch.stack(
+            [ids[torch.multinomial(kept, 1, generator=g)[0]] for (kept, ids), g in zip(rows, self.generators)]
+        )
 
 
-def nucleus(probs: torch.Tensor, top_p: float, first_k: int = 256) -> torch.Tensor:
-    """`probs` with everything outside the smallest set of most likely tokens whose mass reaches `top_p` zeroed.
-    Sorting the whole vocabulary for every drawn token was a sixth of generation time (torch profiler); when the
-    `first_k` most likely tokens already hold more than `top_p` (96% of draws on caption prompts), the nucleus lies
-    among them and sorting those gives the same set (up to which of several equally likely tokens at its edge is
-    kept: 61 of 64 seeded captions came out as with the full sort, 27% faster)."""
-    k = min(first_k, probs.numel())
-    top, order = probs.topk(k)
-    if top.sum() <= top_p and k < probs.numel():
-        top, order = probs.sort(descending=True)
-    outside = top.cumsum(-1) - top > top_p  # keep the smallest nucleus
-    top[outside] = 0.0
-    return torch.zeros_like(probs).scatter(0, order, top)
+def nucleus(probs: torch.Tensor, top_p: float, first_k: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each row's nucleus (the smallest set of most likely tokens whose mass reaches `top_p`) as its probabilities
+    and token ids, most likely first. Sorting the whole vocabulary for every drawn token was a sixth of generation
+    time (torch profiler); when a row's `first_k` most likely tokens already hold more than `top_p` (96% of draws on
+    caption prompts), its nucleus lies among them and sorting those gives the same set (up to which of several
+    equally likely tokens at its edge is kept: 61 of 64 seeded captions came out as with the full sort, 27% faster)."""
+    top, order = probs.topk(min(first_k, probs.shape[-1]), dim=-1)
+    sizes = (top.cumsum(-1) - top <= top_p).sum(-1).tolist()
+    short = (top.sum(-1) <= top_p).tolist() if top.shape[-1] < probs.shape[-1] else [False] * len(top)
+    rows = []
+    for row, (size, needs_sort) in enumerate(zip(sizes, short)):
+        kept, ids = probs[row].sort(descending=True) if needs_sort else (top[row], order[row])
+        if needs_sort:
+            size = int((kept.cumsum(-1) - kept <= top_p).sum())
+        rows.append((kept[:size], ids[:size]))
+    return rows
 
 
 class TransformersBackend:
@@ -65,7 +110,9 @@ class TransformersBackend:
         torch.set_num_threads(threads or os.cpu_count() or 1)
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, dtype), attn_implementation=DECODE_ATTENTION
+        ).eval()
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
 
@@ -98,7 +145,7 @@ class TransformersBackend:
                 results[index] = generation
         return results
 
-    def _shared_prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    def _shared_prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Cache | None = None):
         """The KV cache of every row's prompt but its last token, computed once per distinct prompt and copied to
         its rows; None when every row differs. Best-of-n annotation and the preference matrix send one prompt n
         times, and a caption prompt's prefill is most of its cost (~300 prompt tokens for ~15 generated)."""
@@ -109,14 +156,21 @@ class TransformersBackend:
         ids, mask = distinct[:, : input_ids.shape[1]], distinct[:, input_ids.shape[1] :]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = self.model(
-            input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], use_cache=True
+            input_ids=ids[:, :-1],
+            attention_mask=mask[:, :-1],
+            position_ids=positions[:, :-1],
+            past_key_values=cache,
+            use_cache=True,
         ).past_key_values
         cache.reorder_cache(rows_of)
         return cache
 
     def _generate_batch(self, rows: list[list[int]], sampling: Sampling, seeds: list[int]) -> list[Generation]:
         input_ids, attention_mask = self._left_pad(rows)
-        prefix = self._shared_prefill(input_ids, attention_mask)
+        # a preallocated cache: the default one grows by concatenation, which copied every layer's keys and values
+        # at every step (a third of generation time at 64 rows)
+        cache = StaticCache(config=self.model.config, max_cache_len=input_ids.shape[1] + sampling.max_new_tokens)
+        self._shared_prefill(input_ids, attention_mask, cache)
         sampler = SeededSampler(seeds, sampling)
         config = GenerationConfig(
             max_new_tokens=sampling.max_new_tokens, do_sample=False, eos_token_id=self.eos_id, pad_token_id=self.pad_id
@@ -126,7 +180,7 @@ class TransformersBackend:
             attention_mask=attention_mask,
             generation_config=config,
             logits_processor=LogitsProcessorList([sampler]),
-            past_key_values=prefix,
+            past_key_values=cache,
         )
         generations = []
         for row, new_tokens in enumerate(output[:, input_ids.shape[1] :].tolist()):
