@@ -78,7 +78,7 @@ def best_of_n_rows(local, prompts: list, sampling, n: int) -> list[dict]:
     repeated = [p for p in prompts[: max(1, len(prompts) // n)] for _ in range(n)]
     seeds = list(range(len(repeated)))
     shared = local._shared_prefill
-    local._shared_prefill = lambda ids, mask: None
+    local._shared_prefill = lambda ids, mask, cache=None: None
     try:
         alone, alone_s = timed(lambda: local.generate(repeated, sampling, seeds))
     finally:

@@ -31,7 +31,7 @@ class Scored:
 
 
 class GenerationBackend(Protocol):
-    batch_size: int
+    rows_per_call: int  # requests the LLM-call cache sends at once (and stores as one write)
 
     def generate(self, prompts: list[Messages], sampling: Sampling, seeds: list[int]) -> list[Generation]:
         """One completion per prompt; the same (prompt, sampling, seed) gives the same completion in any batch."""

@@ -87,7 +87,7 @@ class CachedLLM:
         self.usage.cache_hits += len(requests) - len(missing)
         if missing:
             order = sorted(missing, key=lambda k: len(str(missing[k]["prompt"])))
-            size = self.backend.batch_size
+            size = self.backend.rows_per_call
             # progress None: a bar on a terminal only (redirected to a file, its redraws would be most of the output)
             disable = None if self.progress is None else not self.progress
             with tqdm(total=len(order), desc=f"{desc} ({self.model.label})", disable=disable) as bar:

@@ -53,7 +53,7 @@ class OpenAIBackend:
         self.ref, self.name, self.server = ref, model_name or served_name(ref), server
         self.hold = hold or (lambda ref: nullcontext())
         self.base_url = base_url.rstrip("/")
-        self.batch_size = server.concurrency
+        self.rows_per_call = server.concurrency
         self.retries_made = 0
         key = os.environ.get(API_KEY_ENV)
         self.client = httpx.Client(

@@ -79,7 +79,7 @@ class CountingBackend:
     """Wraps the real backend and counts the prompts that reach it."""
 
     def __init__(self, real):
-        self.real, self.batch_size, self.prompts = real, 2, 0
+        self.real, self.rows_per_call, self.prompts = real, 2, 0
 
     def generate(self, prompts, sampling, seeds):
         self.prompts += len(prompts)
@@ -150,3 +150,18 @@ def test_the_nucleus_from_the_most_likely_tokens_equals_the_one_from_a_full_sort
             expected_kept, expected_ids = full_sort(row, top_p)
             assert torch.equal(kept, expected_kept) and torch.equal(ids, expected_ids)
     assert 0 < fallbacks < 300  # both paths were taken
+
+
+def test_a_generation_batch_holds_a_few_prompts_and_their_repeats():
+    from tasks.llm.transformers_backend import TransformersBackend
+
+    backend = TransformersBackend.__new__(TransformersBackend)  # batching only: no model needed
+    backend.batch_size, backend.rows_per_call = 2, 8
+    rows = [[1, 2]] * 3 + [[7, 8, 9]] * 9 + [[3, 4]] * 3 + [[5, 6]]
+    batches = backend._generation_batches(rows)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(rows)))
+    assert [[rows[i] for i in batch] for batch in batches] == [
+        [[1, 2]] * 3 + [[3, 4]] * 3,  # two prompts, all their repeats
+        [[5, 6]] + [[7, 8, 9]] * 7,  # cut at rows_per_call
+        [[7, 8, 9]] * 2,
+    ]
