@@ -65,7 +65,7 @@ def test_kill_9_at_a_random_point_of_every_model_stage(tmp_path):
     from tasks.runner import STAGES
 
     rng = random.Random(SEED)
-    small = {"context": {"docs": 0}, "model": {"batch_size": 2}}  # several committed chunks per stage
+    small = {"context": {"docs": 0}, "model": {"batch_size": 1}}  # several committed chunks per stage (4 rows each)
     clean, killed = (write_params(_folder(tmp_path / n), small) for n in ("clean", "killed"))
     seconds, clean_calls = {}, {}
     for stage in STAGES:

@@ -22,8 +22,8 @@ from tests.project import write_params
 FLYWHEEL = [sys.executable, "-m", "flows.cli"]
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "sk-flywheel-test-0f9e8d7c6b5a"
-# 8 annotations in 4 committed chunks, by the packaged model (refine trains nothing)
-SMALL = {"context": {"docs": 0}, "refine": {"max_steps": 0}, "model": {"batch_size": 2}}
+# 8 annotations in 2 committed chunks of 4 (rows_per_call: 4 x batch_size), by the packaged model (no refining)
+SMALL = {"context": {"docs": 0}, "refine": {"max_steps": 0}, "model": {"batch_size": 1}}
 
 
 def _project(folder: Path) -> Path:
