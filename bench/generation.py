@@ -85,7 +85,7 @@ def best_of_n_rows(local, prompts: list, sampling, n: int) -> list[dict]:
         local._shared_prefill = shared
     together, together_s = timed(lambda: local.generate(repeated, sampling, seeds))
     same = sum(a.token_ids == b.token_ids for a, b in zip(alone, together)) / len(repeated)
-    label = f"transformers best-of-{n} ({local.batch_size}"
+    label = f"transformers best-of-{n} ({str(local.model.dtype).removeprefix('torch.')}, {local.batch_size}"
     return [
         {"path": f"{label}, prefill per row)", "prompts": repeated, "generations": alone, "seconds": alone_s,
          "copies": n},
@@ -135,7 +135,11 @@ def main(argv: list[str] | None = None) -> dict:
     generations, seconds = timed(lambda: local.generate(prompts, sampling, seeds))
     lengths = [len(g.token_ids) for g in generations]
     rows.append({"path": f"transformers batched ({args.batch_size})", "lengths": lengths, "seconds": seconds})
-    for row in best_of_n_rows(local, prompts, sampling, args.best_of):
+    # without bf16 units torch emulates it at 1-2 GFLOP/s (bench/roofline.py): hours, not a path
+    bf16 = None
+    if native_bf16():
+        bf16 = TransformersBackend(path, batch_size=args.batch_size, threads=settings.model.threads, dtype="bfloat16")
+    for row in best_of_n_rows(bf16 or local, prompts, sampling, args.best_of):  # in the precision the turn runs
         row["lengths"] = [len(g.token_ids) for g in row.pop("generations")]
         row["prompt_lengths"] = [len(local.prompt_ids(p)) for p in row.pop("prompts")]
         rows.append(row)
@@ -146,8 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     reference, seconds = timed(lambda: local.score(prompts, completions))
     scoring.append({"path": f"transformers batched ({args.batch_size})", "seconds": seconds})
     agreement = {}
-    if native_bf16():  # without bf16 units torch emulates it at 1-2 GFLOP/s (bench/roofline.py): hours, not a path
-        bf16 = TransformersBackend(path, batch_size=args.batch_size, threads=settings.model.threads, dtype="bfloat16")
+    if bf16:
         generations, seconds = timed(lambda: bf16.generate(prompts, sampling, seeds))
         lengths = [len(g.token_ids) for g in generations]
         rows.append({"path": f"transformers batched bf16 ({args.batch_size})", "lengths": lengths, "seconds": seconds})
