@@ -11,9 +11,9 @@ same learning rate and seed, scored on the held-out items (ROUGE-L and MiniLM si
 - `gold`: `human`, then one epoch on the same train items' human titles: perfect annotation, the ceiling for any
   synthetic data of those items (the flywheel never sees these titles).
 
-Each row carries the paired bootstrap 95% interval of its ROUGE-L delta against `human`, and the annotations'
-own quality against the train titles. A turn's synthetic data earns its place when `synthetic` beats `human`; the
-gap to `gold` is what better annotation could still win.
+Each row carries the paired bootstrap 95% intervals of its ROUGE-L delta against `human` and against `gold`, and
+the annotations' own quality against the train titles. A turn's synthetic data earns its place when `synthetic`
+beats `human`; the gap to `gold` is what better annotation could still win.
 
 Run: .venv/bin/python bench/data_value.py [--human-items 32] [--train-items 256] [--candidates 8] [--heldout N]
 Prints the table, writes bench/results/data_value.json and logs a run to the MLflow experiment flywheel-bench.
@@ -146,10 +146,11 @@ def _scoreboard(models: dict[str, Path], heldout: pd.DataFrame, llm, settings) -
 
     sampling, chars = settings.evaluate.sampling, settings.data.max_signal_chars
     boards = {name: score_captions(heldout, llm(path), sampling, chars, name) for name, path in models.items()}
-    reference = boards["human"]["rouge_l"].to_numpy()
+    human, gold = (boards[name]["rouge_l"].to_numpy() for name in ("human", "gold"))
     rows = []
     for name, board in boards.items():
-        mean, low, high = paired_bootstrap(board["rouge_l"].to_numpy() - reference, settings.seed)
+        mean, low, high = paired_bootstrap(board["rouge_l"].to_numpy() - human, settings.seed)
+        to_gold = paired_bootstrap(board["rouge_l"].to_numpy() - gold, settings.seed)
         rows.append(
             {
                 "model": name,
@@ -158,6 +159,7 @@ def _scoreboard(models: dict[str, Path], heldout: pd.DataFrame, llm, settings) -
                 "delta_vs_human": mean,
                 "ci_low": low,
                 "ci_high": high,
+                "delta_vs_gold": list(to_gold),  # mean, CI low, CI high: what perfect annotation would still add
             }
         )
     return rows
@@ -171,11 +173,12 @@ def _report(result: dict, out: Path) -> None:
     items = result["items"]
     title = f"What the data is worth: {items['human']} human titles, {items['train']} train items"
     table = Table(title=f"{title}, scored on {items['heldout']} held-out items")
-    for column in ("model", "ROUGE-L", "MiniLM sim", "Δ ROUGE-L vs human [95% CI]"):
+    for column in ("model", "ROUGE-L", "MiniLM sim", "Δ ROUGE-L vs human [95% CI]", "Δ vs gold [95% CI]"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for r in result["rows"]:
         delta = f"{r['delta_vs_human']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]"
-        table.add_row(r["model"], f"{r['rouge_l']:.4f}", f"{r['minilm_sim']:.4f}", delta)
+        to_gold = "{:+.4f} [{:+.4f}, {:+.4f}]".format(*r["delta_vs_gold"])
+        table.add_row(r["model"], f"{r['rouge_l']:.4f}", f"{r['minilm_sim']:.4f}", delta, to_gold)
     console.print(table)
     quality = result["annotations"]
     console.print(
