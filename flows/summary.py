@@ -17,7 +17,10 @@ def _note(stage: str, m: dict, summary: dict) -> str:
             f"{m.get('items_train', 0)} train / {m.get('items_human', 0)} human / {m.get('items_heldout', 0)} held-out"
         )
     if stage == "context":
-        return f"{int(m.get('docs_per_item', 0))} related documents per item in caption prompts"
+        line = f"{int(m.get('docs_per_item', 0))} related documents per item in caption prompts"
+        return line + (
+            f", {m['rewrites_per_query']:.2f} DMQR rewrites per query" if m.get("rewrites_per_query") else ""
+        )
     if stage == "refine":
         if summary.get("refined_version") is None:
             return "no refinement: the turn's starting model annotates"

@@ -37,7 +37,8 @@ def _model_server_failed(task, task_run, state) -> bool:
 
 
 def _stage_task(name: str):
-    uses_model = STAGES[name].uses_model
+    stage = STAGES[name]
+    uses_model = stage.uses_model or stage.model_when is not None  # may call a model server: tagged gpu, retried
 
     @task(
         name=name,
@@ -74,7 +75,7 @@ def flywheel_stage(name: str, turn: int = 1, params: str = "params.yaml", overri
 
 def _run_on_pool(name: str, turn: int, params: str, overrides: dict | None) -> dict:
     """The stage as a run of the deployment for its pool; the key makes a retried turn find, not repeat, it."""
-    pool = "gpu" if STAGES[name].uses_model else "cpu"
+    pool = "gpu" if STAGES[name].uses_model_in(load_settings(params, overrides)) else "cpu"
     child = run_deployment(
         f"flywheel-stage/{pool}",
         parameters={"name": name, "turn": turn, "params": params, "overrides": overrides},

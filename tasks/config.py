@@ -228,6 +228,7 @@ class Rewrite(Strict):
 
 class Context(Strict):
     docs: int = Field(3, ge=0, le=20)  # related documents shown in caption prompts; 0: no retrieved context
+    query: Literal["content", "dmqr"] = "content"  # dmqr: the turn model's DMQR pool of the content (rewrite.*)
     fusion: Literal["rrf", "rerank"] = "rrf"
     rrf_k: int = Field(60, ge=1)
 

@@ -130,8 +130,8 @@ def batch_ids(settings: Settings, turn: int, start_model: ModelRef | None) -> di
                 "stage": name,
                 "params": settings.section_hash(*spec.sections),
                 "upstream": {up: visit(up) for up in spec.upstream},
-                "turn": turn if spec.per_turn else None,
-                "model": start_model.fingerprint if spec.per_turn and start_model else None,
+                "turn": turn if spec.per_turn_in(settings) else None,
+                "model": start_model.fingerprint if spec.per_turn_in(settings) and start_model else None,
                 "input": spec.input_fingerprint(settings) if spec.input_fingerprint else None,
             }
             if spec.registers_models:
@@ -216,7 +216,7 @@ def _run_stage(name: str, settings: Settings, turn: int, tags: dict[str, str] | 
     experiment_id = tracking.configure(settings.path("mlflow"), settings.experiment)
     with Store.open(settings.path("store")) as store:
         registry = Registry(settings.model.registry_name, experiment_id, settings.path("models"))
-        start_model = turn_start_model(store, registry, settings, turn) if stage.per_turn else None
+        start_model = turn_start_model(store, registry, settings, turn) if stage.per_turn_in(settings) else None
         ids = batch_ids(settings, turn, start_model)
         record, calls = store.stage_run(ids[name]), None
         if record is None:
@@ -336,7 +336,7 @@ class _Run:
                 record = StageRunRecord(
                     batch_id,
                     name,
-                    self.turn if self.stage.per_turn else None,
+                    self.turn if self.stage.per_turn_in(self.settings) else None,
                     model_label,
                     params_hash,
                     parent,

@@ -29,8 +29,16 @@ class StageDef:
     run: Callable[[StageContext], StageOutput]
     uses_model: bool = True  # generates, scores or trains: a GPU stage
     per_turn: bool = True
+    model_when: Callable[[Settings], bool] | None = None  # uses the model only under these settings (then per turn)
     registers_models: bool = False  # registers candidates: its batch is per model lineage (tasks/runner.py)
     input_fingerprint: Callable[[Settings], str | None] | None = None  # files read besides tables (in the batch id)
+
+    def uses_model_in(self, settings: Settings) -> bool:
+        return self.uses_model or (self.model_when is not None and self.model_when(settings))
+
+    def per_turn_in(self, settings: Settings) -> bool:
+        """A stage that calls the model is per turn: its output depends on the turn's starting model."""
+        return self.per_turn or self.uses_model_in(settings)
 
 
 @dataclass
