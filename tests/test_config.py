@@ -123,3 +123,11 @@ def test_the_config_knows_exactly_the_defined_rewrite_strategies_and_imports_no_
     probe = f"import sys, tasks.config; print(sorted(m for m in {heavy} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_every_arm_of_the_default_experiment_is_valid_params():
+    from flows.experiment import arm_settings, load_spec
+
+    arms = arm_settings(REPO / "params.yaml", load_spec(REPO / "experiments" / "ablation.yaml"))
+    assert {"full", "human_only", "no_retrieval", "dmqr_context"} <= arms.keys()
+    assert arms["dmqr_context"][1].context.query == "dmqr" and arms["full"][1].context.query == "content"
