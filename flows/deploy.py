@@ -1,7 +1,8 @@
 """Prefect deployments, made from this checkout by one command (`flywheel deploy`):
 
 - `flywheel-stage/gpu` on `gpu-pool` and `flywheel-stage/cpu` on `cpu-pool`: one stage per flow run; the turn flow
-  sends each stage to the pool its declaration asks for (`StageDef.uses_model`: generate, score or train -> gpu);
+  sends each stage to the pool its declaration asks for under the params (`StageDef.uses_model_in`: generate, score
+  or train -> gpu);
 - `flywheel/scheduled` on `cpu-pool`: N turns on a cron schedule (none: run it by hand or with `flywheel trigger`),
   dispatching its stages to the two stage deployments.
 
