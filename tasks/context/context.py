@@ -72,7 +72,11 @@ STAGE = StageDef(
     name="context",
     outputs=(CONTEXTS,),
     upstream=("ingest",),
-    sections=("data", "context", *(f"rewrite.{k}" for k in ("strategies", "adaptive", "sampling", "max_query_chars"))),
+    sections=(
+        "data",
+        "context",
+        *(f"rewrite.{k}" for k in ("strategies", "adaptive", "sampling", "max_query_chars", "fusion_depth")),
+    ),
     run=run,
     uses_model=False,
     per_turn=False,
