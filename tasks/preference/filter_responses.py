@@ -63,4 +63,7 @@ def select_pairs(responses: pd.DataFrame, min_score_gap: float, min_chosen_score
                 reason,
             )
         )
-    return pd.DataFrame(rows, columns=PAIR_COLUMNS)
+    # typed even when empty: pandas reads an empty object-dtype `kept` as a column list, not a mask
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS).astype(
+        {"kept": bool, "chosen_score": float, "rejected_score": float}
+    )

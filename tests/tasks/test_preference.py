@@ -101,6 +101,14 @@ def test_filters_drop_degenerate_responses_near_ties_and_both_bad_pairs():
     assert pairs.loc["b", "reason"] == "near_tie" and pairs.loc["c", "reason"] == "both_bad"
 
 
+def test_no_pair_candidates_still_give_a_typed_frame_that_masks_to_no_rows():
+    """A DPO round whose items have no two kept responses (regenerate.py) filters its pairs by `kept`."""
+    responses = filter_responses(_scored([("a", "g1", 0, "Graph neural networks for molecules", 0.7)]))
+    pairs = correct_with_references(ai_labels(select_pairs(responses, 0.05, 0.2)), responses)
+    kept = pairs[pairs["kept"]]
+    assert kept.empty and "item_id" in kept.columns and list(kept["item_id"]) == []
+
+
 def test_human_reference_wins_over_the_response_the_ai_ranked_above_it():
     responses = filter_responses(
         _scored(
