@@ -101,7 +101,9 @@ def collect_feedback(
 def feedback_targets(feedback: pd.DataFrame, cfg: Feedback) -> pd.DataFrame:
     """The training targets: (query_id, kind, strategy, target), `sft-rewrite` rows then `sft-select` rows."""
     rewrites = feedback[(feedback["strategy"] != ORIGINAL) & (feedback["output"] != "")]
-    best = rewrites.sort_values(["gain", "sample"], ascending=[False, True]).drop_duplicates(["query_id", "strategy"])
+    # ties broken by strategy name, so the targets do not depend on the order the rows were read in
+    order = rewrites.sort_values(["gain", "sample", "strategy"], ascending=[False, True, True])
+    best = order.drop_duplicates(["query_id", "strategy"])
     winners = best[best["gain"] > cfg.min_gain]
     rows = [
         {"query_id": r.query_id, "kind": "sft-rewrite", "strategy": r.strategy, "target": r.output}

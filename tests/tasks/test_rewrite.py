@@ -195,3 +195,16 @@ def test_feedback_targets_keep_the_best_rewrite_that_beat_the_original_and_selec
     chosen, reason = parse_selection(select, STRATEGIES)
     assert chosen == ["kwr", "gqr"] and reason  # best first, at most max_selected
     assert len(feedback_targets(feedback, Feedback(min_gain=0.2))) == 2  # kwr 0.3 alone, and its selection
+
+
+def test_feedback_targets_do_not_depend_on_the_order_the_rows_come_in():
+    """The retrain stage and a later reader get the store's rows in whatever order it returns them."""
+    from tasks.config import Feedback
+    from tasks.rewrite.feedback import feedback_targets
+
+    rows = [("a", "original", 0, "", 0.0), ("a", "kwr", 0, "kw", 0.2), ("a", "cce", 0, "cc", 0.2)]
+    feedback = pd.DataFrame(rows, columns=["query_id", "strategy", "sample", "output", "gain"])
+    forward = feedback_targets(feedback, Feedback(max_selected=2))
+    backward = feedback_targets(feedback.iloc[::-1].reset_index(drop=True), Feedback(max_selected=2))
+    assert forward.equals(backward)
+    assert forward.loc[forward["kind"] == "sft-select", "target"].iloc[0].startswith("cce\nkwr\n")  # a tie: by name
