@@ -27,11 +27,7 @@ def turn(module_folder):
     from tasks.config import load_settings
 
     feedback = {"feedback": {"queries_per_turn": 2, "samples": 1}}  # retrieval feedback on 2 benchmark queries
-    # no pair filter: on 4 prompts a regenerated DPO round can lose every pair to near ties (how many depends on the
-    # machine's precision, `model.dtype: auto`), and the preference test needs both rounds trained
-    every_pair = {"min_score_gap": 0.0, "min_chosen_score": -2.0}
-    overrides = {"annotate": {"candidates": 2}, "rewrite": feedback, "preference": every_pair}  # best-of-2
-    params = write_params(module_folder, overrides)
+    params = write_params(module_folder, {"annotate": {"candidates": 2}, "rewrite": feedback})  # best-of-2
     git_checkout(module_folder)  # where users run it: a git clone with the project's DVC config
     results = flywheel(turns=1, params=str(params))[0]
     return load_settings(params), results

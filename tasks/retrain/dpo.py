@@ -116,7 +116,10 @@ def train_dpo(
     for number, chunk in enumerate(np.array_split(np.arange(len(pairs)), cfg.rounds)):
         chunk = pairs.iloc[chunk].reset_index(drop=True)
         if number > 0 and refresh is not None and len(chunk):
-            chunk = refresh(number, model, chunk)
+            fresh = refresh(number, model, chunk)
+            # the policy's new responses made no pair (all filtered): the round keeps its stored pairs, and its
+            # steps and reference update, rather than training on nothing
+            chunk = fresh if len(fresh) else chunk
         if chunk.empty or steps[number] == 0:
             continue
         data = Dataset.from_list(

@@ -194,6 +194,9 @@ def test_dpo_rounds_reset_the_reference_refresh_later_rounds_and_extrapolate(bas
     assert refreshed == [1] and extrapolated == [0.3, 0.3]
     assert list(trained["round"]) == [0, 1] and list(trained["chosen"]) == ["Graph Networks", "Graph Neural Networks"]
     assert len(losses["dpo_loss"]) == 2
+    # a refresh whose responses make no pair (all filtered) leaves the round its stored pairs
+    _, _, trained = dpo_module.train_dpo(model, tokenizer, pairs, cfg, make_args, lambda n, p, chunk: chunk.iloc[0:0])
+    assert list(trained["round"]) == [0, 1] and list(trained["chosen"]) == ["Graph Networks", "Graphs"]
 
 
 def test_a_round_that_revisits_its_pairs_scores_the_reference_once(base_model_path, tmp_path, monkeypatch):
