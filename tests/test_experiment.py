@@ -19,7 +19,12 @@ SPEC = {
     "name": "tiny",
     "turns": 3,
     "baseline": "human_only",
-    "params": {"skip": ["rewrite"]},  # as in experiments/ablation.yaml: no stage reads the rewrites
+    "params": {
+        "skip": ["rewrite"],  # as in experiments/ablation.yaml: no stage reads the rewrites
+        # smaller than TINY (the turn test covers those sizes): what is checked here needs only a few of each
+        "preference": {"prompts_per_turn": 2, "human_prompts_per_turn": 1},
+        "rag_eval": {"queries": 1},
+    },
     "arms": {
         "full": {"promote": {"evidence": "point", "max_diversity_drop": 1.0, "secondary_must_hold": False}},
         "human_only": {
