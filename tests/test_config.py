@@ -131,3 +131,14 @@ def test_every_arm_of_the_default_experiment_is_valid_params():
     arms = arm_settings(REPO / "params.yaml", load_spec(REPO / "experiments" / "ablation.yaml"))
     assert {"full", "human_only", "no_retrieval", "dmqr_context"} <= arms.keys()
     assert arms["dmqr_context"][1].context.query == "dmqr" and arms["full"][1].context.query == "content"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_bundled_experiment_file_is_valid(path):
+    """Each arm's overrides must validate against the repository's params before anyone spends an hour on it."""
+    from flows.experiment import arm_settings, load_spec
+
+    spec = load_spec(path)
+    arms = arm_settings(REPO / "params.yaml", spec)
+    assert set(arms) == set(spec.arms) and spec.baseline in arms
+    assert len({settings.model.registry_name for _, settings in arms.values()}) == len(arms)  # own lineages
