@@ -6,11 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import yaml
 
 from tests.project import REPO, link_shared
+
+if TYPE_CHECKING:
+    from tasks.config import Task
 
 
 def project_settings(work: Path, name: str, overrides: dict):
@@ -53,11 +57,11 @@ def bench_splits(settings) -> dict[str, pd.DataFrame]:
     return {name: group.reset_index(drop=True) for name, group in frame.groupby("split")}
 
 
-def caption_phase(items: pd.DataFrame, targets: list[str], chars: int) -> pd.DataFrame:
+def caption_phase(items: pd.DataFrame, targets: list[str], task: Task) -> pd.DataFrame:
     """SFT rows (each item's caption prompt, its target, kind `sft-human`), as the retrain stage trains them."""
-    from tasks.prompts import caption_messages
+    from tasks.prompts import prompt_messages
 
-    prompts = [caption_messages(item, chars) for item in items.to_dict("records")]
+    prompts = [prompt_messages(item, task) for item in items.to_dict("records")]
     return pd.DataFrame({"prompt": prompts, "target": list(targets), "kind": "sft-human"})
 
 
@@ -77,7 +81,7 @@ def fine_tuned(start: Path, items: pd.DataFrame, targets: list[str], settings, s
     key = json.dumps(inputs, default=lambda section: section.model_dump(mode="json"))
     target = work / f"sft-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if not (target / "model" / "model.safetensors").exists():
-        phase = caption_phase(items, targets, settings.data.max_signal_chars)
+        phase = caption_phase(items, targets, settings.task)
         cfg = settings.retrain.model_copy(update={"sft": settings.retrain.sft.model_copy(update={"max_steps": steps})})
         train(start, [phase], pd.DataFrame(), cfg, settings.seed, target)
     return target / "model"

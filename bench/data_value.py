@@ -108,7 +108,7 @@ def _picks(train: pd.DataFrame, llm, settings, candidates: int) -> pd.DataFrame:
     from tasks.prompts import first_line, sample_captions
 
     samples = sample_captions(
-        train, llm, candidates, settings.annotate.sampling, settings.data.max_signal_chars, settings.seed, "annotate"
+        train, llm, candidates, settings.annotate.sampling, settings.task, settings.seed, "annotate"
     )
     frame = pd.DataFrame(
         {
@@ -144,8 +144,8 @@ def _scoreboard(models: dict[str, Path], heldout: pd.DataFrame, llm, settings) -
     from tasks.evaluate.evaluate import score_captions
     from tasks.metrics import paired_bootstrap
 
-    sampling, chars = settings.evaluate.sampling, settings.data.max_signal_chars
-    boards = {name: score_captions(heldout, llm(path), sampling, chars, name) for name, path in models.items()}
+    sampling, task = settings.evaluate.sampling, settings.task
+    boards = {name: score_captions(heldout, llm(path), sampling, task, name) for name, path in models.items()}
     human, gold = (boards[name]["rouge_l"].to_numpy() for name in ("human", "gold"))
     rows = []
     for name, board in boards.items():

@@ -31,13 +31,13 @@ def caption_pairs(count: int):
     import pandas as pd
 
     from tasks.ingest.ingest import ingest_semanlink
-    from tasks.prompts import caption_messages
+    from tasks.prompts import prompt_messages
 
     items, _ = ingest_semanlink(200, 12)
     rows = [
         {
             "item_id": item["item_id"],
-            "prompt": caption_messages(item, 300),
+            "prompt": prompt_messages(item, 300),
             "chosen": item["title"],
             "rejected": " ".join(str(item.get("comment") or item["title"]).split()[:6]),
         }

@@ -35,10 +35,10 @@ from bench.roofline import Dims, forward_flops, generation_flops, scoring_flops 
 def caption_prompts(settings, count: int) -> list:
     """`count` caption prompts from the bundled items (the prompts the flywheel sends most)."""
     from tasks.ingest.ingest import ingest_semanlink
-    from tasks.prompts import caption_messages
+    from tasks.prompts import prompt_messages
 
     items, _ = ingest_semanlink(settings.data.min_comment_chars, settings.data.min_title_chars)
-    return [caption_messages(item, settings.data.max_signal_chars) for item in items[:count]]
+    return [prompt_messages(item, settings.task) for item in items[:count]]
 
 
 def naive_loop(path: Path, prompts: list, sampling) -> tuple[list[int], float]:

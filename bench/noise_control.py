@@ -106,7 +106,7 @@ def _halves(human: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 def _features(annotations: pd.DataFrame, items: pd.DataFrame, llm, settings) -> pd.DataFrame:
     from tasks.denoise.scores import features
 
-    return features(list(annotations["annotation"]), items.to_dict("records"), llm, settings.data.max_signal_chars)
+    return features(list(annotations["annotation"]), items.to_dict("records"), llm, settings.task)
 
 
 KIND_GROUPS = {"easy": ("swap", "truncate", "tag_soup"), "neighbour": ("neighbour",), "detail": ("detail",)}
@@ -125,7 +125,7 @@ def _detection(items, human, models, llm, settings, rates) -> list[dict]:
     captions, trusted_items, wrong = trusted_pairs(human)
     rows = []
     for name, model in models.items():
-        trusted = features(captions, trusted_items, llm(model), settings.data.max_signal_chars)
+        trusted = features(captions, trusted_items, llm(model), settings.task)
         fit = fit_trusted(trusted, wrong, settings.seed)
         for group, kinds in KIND_GROUPS.items():
             for rate in rates:
@@ -170,7 +170,7 @@ def _downstream(items, human, heldout, model, llm, settings, args) -> list[dict]
     from tasks.denoise.methods import METHODS, decide
     from tasks.denoise.scores import features, fit_trusted, nearest_others, noise_scores, trusted_pairs
     from tasks.evaluate.evaluate import score_captions
-    from tasks.prompts import caption_messages
+    from tasks.prompts import prompt_messages
     from tasks.retrain.retrain import train
 
     subset = items.head(args.downstream_items)
@@ -179,10 +179,10 @@ def _downstream(items, human, heldout, model, llm, settings, args) -> list[dict]
     frame = _features(annotations, subset, llm(model), settings)
     logprobs = list(frame["logprobs"])
     captions, trusted_items, wrong = trusted_pairs(human)
-    fit = fit_trusted(features(captions, trusted_items, llm(model), settings.data.max_signal_chars), wrong, 0)
+    fit = fit_trusted(features(captions, trusted_items, llm(model), settings.task), wrong, 0)
     cfg = settings.retrain.model_copy(update={"sft": settings.retrain.sft.model_copy(update={"max_steps": args.steps})})
-    sampling, chars = settings.evaluate.sampling, settings.data.max_signal_chars
-    start = score_captions(heldout, llm(model), sampling, chars, "start")
+    sampling, task = settings.evaluate.sampling, settings.task
+    start = score_captions(heldout, llm(model), sampling, task, "start")
     rows = [{"method": "(starting model)", "kept": 0, "gamma": 0.0, **_means(start)}]
     for method in [*METHODS, "adatailr+fitted"]:
         noise_cfg = settings.denoise.model_copy(update={"method": method.split("+")[0]})
@@ -194,7 +194,7 @@ def _downstream(items, human, heldout, model, llm, settings, args) -> list[dict]
         kept = annotations[decision.kept]
         phase = pd.DataFrame(
             {
-                "prompt": [caption_messages(r, chars) for r in subset[decision.kept].to_dict("records")],
+                "prompt": [prompt_messages(r, task) for r in subset[decision.kept].to_dict("records")],
                 "target": kept["annotation"].values,
                 "kind": "sft-synthetic",
             }
@@ -204,7 +204,7 @@ def _downstream(items, human, heldout, model, llm, settings, args) -> list[dict]
             tailr = (decision.gamma, settings.denoise.min_weight)
             train(model.path, [phase], pd.DataFrame(), cfg, settings.seed, out, tailr)
             trained = ModelRef("bench", 100, sha256_file(out / "model" / "model.safetensors"), out / "model")
-            board = score_captions(heldout, llm(trained), sampling, chars, method)
+            board = score_captions(heldout, llm(trained), sampling, task, method)
         finally:
             shutil.rmtree(out, ignore_errors=True)
         rows.append({"method": method, "kept": int(decision.kept.sum()), "gamma": decision.gamma, **_means(board)})

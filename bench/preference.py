@@ -164,7 +164,7 @@ def _preference_accuracy(settings, policy, candidate_version: int, count: int) -
     from stores.registry import Registry
     from stores.store import Store
     from tasks.config import Sampling
-    from tasks.prompts import caption_messages
+    from tasks.prompts import prompt_messages
     from tasks.runner import cached_llm
     from tasks.stage import derive_seed, seeded_order
 
@@ -174,7 +174,7 @@ def _preference_accuracy(settings, policy, candidate_version: int, count: int) -
         items = store.read("items")
         heldout = seeded_order(items[items["split"] == "heldout"], settings.seed)
         heldout = heldout.iloc[settings.evaluate.items : settings.evaluate.items + count]  # after the scoreboard slice
-        prompts = [caption_messages(item, settings.data.max_signal_chars) for item in heldout.to_dict("records")]
+        prompts = [prompt_messages(item, settings.task) for item in heldout.to_dict("records")]
         sampling = Sampling(temperature=1.0, top_p=0.95, max_new_tokens=32)
         seeds = [derive_seed(settings.seed, "heldout-pairs", i) for i in heldout["item_id"]]
         rejected = [

@@ -159,9 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     batch = settings.retrain.sft.batch_size
     train = bench_splits(settings)["train"]
-    chars = settings.data.max_signal_chars
+    task = settings.task
     warmup, timed = train.iloc[:batch], train.iloc[batch : batch * (1 + args.steps)]
-    warmup, timed = (caption_phase(items, items["title"], chars) for items in (warmup, timed))
+    warmup, timed = (caption_phase(items, items["title"], task) for items in (warmup, timed))
     flops, tokens = step_flops(Dims.of(path), AutoTokenizer.from_pretrained(path), timed)
     shutil.rmtree(args.work, ignore_errors=True)  # trainer folders of an earlier run
     args.work.mkdir(parents=True)

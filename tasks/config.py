@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import string
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
@@ -86,7 +87,79 @@ class Data(Strict):
     min_title_chars: int = Field(12, ge=1)
     heldout_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     human_fraction: float = Field(0.1, gt=0.0, lt=0.5)
-    max_signal_chars: int = Field(600, ge=50, le=8000)  # per signal, in prompts
+
+
+# The fields a task can name: the item schema's (tasks/ingest/ingest.py `ITEMS`; a test keeps them equal) and
+# `context`, the related documents' titles the context stage adds
+ItemField = Literal["title", "abstract", "comment", "tags", "context"]
+
+
+def _template(text: str) -> str:
+    """A prompt template: not empty, and its `{placeholders}` name item fields (`{{` is a literal brace)."""
+    if not text.strip():
+        raise ValueError("an empty template: the model would be asked nothing")
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+    except ValueError as error:
+        raise ValueError(f"not a valid template ({error}); write a literal brace as {{{{ or }}}}") from None
+    unknown = sorted(names - set(ItemField.__args__))
+    if unknown:
+        raise ValueError(f"placeholder {{{unknown[0]}}} is not an item field ({', '.join(ItemField.__args__)})")
+    return text
+
+
+Template = Annotated[str, AfterValidator(_template)]
+
+
+class Signal(Strict):
+    """An item field the prompt shows as `label: value`, only when the item has it; a list's entries are joined."""
+
+    field: ItemField
+    label: str = Field(min_length=1)
+    # characters of a text field (null: task.max_field_chars), or of each entry of a list (null: entries whole)
+    clip: int | None = Field(None, ge=20, le=8000)
+    join: str = ", "
+
+
+class Task(Strict):
+    """What the model learns to do, in one place: the prompt every stage shows it (annotate, noise scoring,
+    preference, training, evaluation), the item field its output is scored against, and the field a response is
+    judged against by the preference scorer and the context retrieval. The defaults are the bundled caption task."""
+
+    name: str = Field("caption", pattern=r"^[a-z][a-z0-9_-]*$")
+    system: Template = "You write short, precise titles for bookmarked documents."
+    instruction: Template = "Write a one-line title for this document. Answer with the title only."
+    signals: tuple[Signal, ...] = Field(
+        (
+            Signal(field="abstract", label="Abstract"),
+            Signal(field="comment", label="Curator comment"),
+            Signal(field="tags", label="Tags"),
+            Signal(field="context", label="Related bookmarks", clip=120, join="; "),
+        ),
+        min_length=1,
+    )
+    max_field_chars: int = Field(500, ge=20, le=8000)  # per signal, in prompts, and of the content
+    reference: ItemField = "title"  # what an output is scored against (held-out scoreboard, dataset quality)
+    content: tuple[ItemField, ...] = Field(("abstract", "comment"), min_length=1)  # the first non-empty one
+
+    @field_validator("signals")
+    @classmethod
+    def _each_field_once(cls, signals: tuple[Signal, ...]) -> tuple[Signal, ...]:
+        fields = [signal.field for signal in signals]
+        repeated = sorted({field for field in fields if fields.count(field) > 1})
+        if repeated:
+            raise ValueError(f"field {repeated[0]} is shown twice")
+        return signals
+
+    @model_validator(mode="after")
+    def _reference_stays_hidden(self) -> Task:
+        """A prompt that shows the reference teaches copying and scores it as skill."""
+        shown = {signal.field for signal in self.signals}
+        for template in (self.system, self.instruction):
+            shown |= {name for _, name, _, _ in string.Formatter().parse(template) if name}
+        if self.reference in shown:
+            raise ValueError(f"the reference field {self.reference} is shown in the prompt")
+        return self
 
 
 class Server(Strict):
@@ -320,6 +393,7 @@ class Settings(Strict):
     skip: tuple[Literal[SKIPPABLE], ...] = ()  # stages switched off: they record empty tables (ablation arms)
     paths: Paths = Paths()
     data: Data = Data()
+    task: Task = Task()
     model: Model = Model()
     refine: Refine = Refine()
     annotate: Annotate = Annotate()

@@ -1,17 +1,15 @@
-"""Prompt templates, kept in one place: the caption task (annotate, preference, evaluate and the SFT/DPO data all
-use the same prompt, so what the model is trained on is exactly what it is scored on).
+"""The task's prompt, rendered in one place (annotate, noise scoring, preference, evaluate and the SFT/DPO data all
+use it, so what the model is trained on is exactly what it is scored on); the templates live in `task` (params.yaml,
+`Task` in tasks/config.py).
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from tasks.config import Sampling
+from tasks.config import ItemField, Sampling, Task
 from tasks.llm.backend import Generation, Messages
 from tasks.stage import derive_seed
-
-CAPTION_SYSTEM = "You write short, precise titles for bookmarked documents."
-CAPTION_INSTRUCTION = "Write a one-line title for this document. Answer with the title only."
 
 
 def clip(text: str, limit: int) -> str:
@@ -19,29 +17,40 @@ def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
 
 
-def caption_messages(item: dict, max_signal_chars: int) -> Messages:
-    """The annotator reads every signal of an item: abstract, curator comment, tags, and the titles of related
-    documents when retrieved context is on (`context` column, tasks/context/context.py)."""
+def field_text(item: dict, field: str, limit: int, entry_limit: int | None = None, join: str = ", ") -> str:
+    """An item field as prompt text: a string clipped to `limit` characters, a list's entries joined (each clipped to
+    `entry_limit` when one is given); missing or empty: ""."""
+    value = item.get(field)
+    if value is None or isinstance(value, float):  # a missing field, or pandas' NaN for one
+        return ""
+    if isinstance(value, str):
+        return clip(value, limit) if value else ""
+    return join.join(str(entry) if entry_limit is None else clip(entry, entry_limit) for entry in value)
+
+
+def prompt_messages(item: dict, task: Task) -> Messages:
+    """The model reads every signal the task names, in order, each only when the item has it (retrieved context is
+    the `context` column, tasks/context/context.py); the templates' `{field}` placeholders take the same text."""
     signals = []
-    if item.get("abstract"):
-        signals.append(f"Abstract: {clip(item['abstract'], max_signal_chars)}")
-    if item.get("comment"):
-        signals.append(f"Curator comment: {clip(item['comment'], max_signal_chars)}")
-    tags = list(item.get("tags") if item.get("tags") is not None else [])
-    if tags:
-        signals.append(f"Tags: {', '.join(tags)}")
-    related = list(item.get("context") if item.get("context") is not None else [])
-    if related:
-        signals.append(f"Related bookmarks: {'; '.join(clip(title, 120) for title in related)}")
+    for signal in task.signals:
+        text = field_text(item, signal.field, signal.clip or task.max_field_chars, signal.clip, signal.join)
+        if text:
+            signals.append(f"{signal.label}: {text}")
+    fields = {name: field_text(item, name, task.max_field_chars) for name in ItemField.__args__}
     return [
-        {"role": "system", "content": CAPTION_SYSTEM},
-        {"role": "user", "content": "\n".join(signals) + f"\n\n{CAPTION_INSTRUCTION}"},
+        {"role": "system", "content": task.system.format_map(fields)},
+        {"role": "user", "content": "\n".join(signals) + f"\n\n{task.instruction.format_map(fields)}"},
     ]
 
 
-def item_content(item: dict) -> str:
-    """The document a caption is judged against: the abstract, else the curator comment."""
-    return item.get("abstract") or item.get("comment") or ""
+def item_content(item: dict, task: Task) -> str:
+    """The document an output is judged against: the first non-empty of the task's content fields."""
+    for field in task.content:
+        value = item.get(field)
+        text = value if isinstance(value, str) else field_text(item, field, 10**9)
+        if text:
+            return text
+    return ""
 
 
 def first_line(text: str) -> str:
@@ -50,12 +59,12 @@ def first_line(text: str) -> str:
 
 
 def sample_captions(
-    items: pd.DataFrame, llm, per_item: int, sampling: Sampling, max_signal_chars: int, seed: int, purpose: str
+    items: pd.DataFrame, llm, per_item: int, sampling: Sampling, task: Task, seed: int, purpose: str
 ) -> list[tuple[dict, int, Generation]]:
     """`per_item` caption completions per item, each seeded by (seed, purpose, item, index): (item, index, gen)."""
     jobs = [(item, index) for item in items.to_dict("records") for index in range(per_item)]
     generations = llm.generate(
-        [caption_messages(item, max_signal_chars) for item, _ in jobs],
+        [prompt_messages(item, task) for item, _ in jobs],
         sampling,
         [derive_seed(seed, purpose, item["item_id"], index) for item, index in jobs],
         desc=purpose,

@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 # A turn small enough for CI: 8 train items, 4 held-out, a few training steps.
 TINY = {
     "seed": 13,
-    "data": {"max_signal_chars": 300, "probe_items": 0},  # no probe: model-call counts are the window's
+    "data": {"probe_items": 0},  # no probe: model-call counts are the window's
+    "task": {"max_field_chars": 300},
     "model": {"batch_size": 8},
     "refine": {"items_per_turn": 4, "max_steps": 1},
     "annotate": {"items_per_turn": 8, "candidates": 1},  # one model call per item (tests count them)

@@ -98,3 +98,38 @@ def test_params_files_load_or_fail_naming_the_file(tmp_path, params):
         load_settings(path)
     except ConfigError as error:
         assert str(error).startswith(str(path))
+
+
+pieces = st.sampled_from(list("ab {}:") + ["{abstract}", "{title}", "{tags}", "{nope}", "{0}", "{{", "{!r}"])
+templates = st.lists(pieces, max_size=6).map("".join)
+signal = st.fixed_dictionaries(
+    {"field": st.sampled_from(["abstract", "comment", "tags", "context", "title", "body"])},
+    optional={"label": templates, "clip": st.integers(0, 9000) | st.none(), "join": st.text(max_size=3), "x": values},
+)
+task_values = {
+    "system": templates | values,
+    "instruction": templates | values,
+    "signals": st.lists(signal, max_size=4) | values,
+    "reference": st.sampled_from(["title", "abstract", "answer"]) | values,
+    "content": st.lists(st.sampled_from(["abstract", "comment", "tags", "body"]), max_size=3) | values,
+    "max_field_chars": st.integers(0, 9000) | values,
+    "name": st.sampled_from(["caption", "Bad name", "qa"]) | values,
+}
+
+
+@PROPERTY
+@given(st.fixed_dictionaries({}, optional=task_values), objects)
+def test_task_sections_load_and_render_or_fail_on_one_line_naming_the_file(tmp_path, task, item):
+    from tasks.prompts import item_content, prompt_messages
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"task": task}))
+    try:
+        loaded = load_settings(path).task
+    except ConfigError as error:
+        assert str(error).startswith(f"{path}: task") and "\n" not in str(error)
+        return
+    item = {key: value for key, value in item.items() if isinstance(value, str) or key == "tags"}
+    item["tags"] = [str(tag) for tag in item.get("tags") or []] if isinstance(item.get("tags"), list) else []
+    messages = prompt_messages(item, loaded)
+    assert [m["role"] for m in messages] == ["system", "user"] and isinstance(item_content(item, loaded), str)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from stores.schema import Column, TableSpec
-from tasks.config import Annotate
+from tasks.config import Annotate, Task
 from tasks.metrics import distinct_n, reference_scores
 from tasks.prompts import first_line, sample_captions
 from tasks.stage import StageContext, StageDef, StageOutput
@@ -41,8 +41,8 @@ ANNOTATIONS = TableSpec(
 )
 
 
-def annotate(items: pd.DataFrame, llm, cfg: Annotate, max_signal_chars: int, seed: int) -> pd.DataFrame:
-    samples = sample_captions(items, llm, cfg.candidates, cfg.sampling, max_signal_chars, seed, "annotate")
+def annotate(items: pd.DataFrame, llm, cfg: Annotate, task: Task, seed: int) -> pd.DataFrame:
+    samples = sample_captions(items, llm, cfg.candidates, cfg.sampling, task, seed, "annotate")
     return pd.DataFrame(
         {
             "item_id": [item["item_id"] for item, _, _ in samples],
@@ -57,26 +57,26 @@ def annotate(items: pd.DataFrame, llm, cfg: Annotate, max_signal_chars: int, see
     )
 
 
-def probe_quality(probe: pd.DataFrame, llm, cfg: Annotate, max_signal_chars: int, seed: int) -> dict[str, float]:
+def probe_quality(probe: pd.DataFrame, llm, cfg: Annotate, task: Task, seed: int) -> dict[str, float]:
     """The annotator's captions of the probe items, scored against their human titles."""
     if probe.empty:
         return {}
-    samples = sample_captions(probe, llm, 1, cfg.sampling, max_signal_chars, seed, "probe")
+    samples = sample_captions(probe, llm, 1, cfg.sampling, task, seed, "probe")
     captions = [first_line(g.text) for _, _, g in samples]
-    scores = reference_scores(captions, [item["title"] for item, _, _ in samples])
+    scores = reference_scores(captions, [item[task.reference] for item, _, _ in samples])
     return {f"probe_{name}": float(np.mean(values)) for name, values in scores.items()} | {
         "probe_distinct_2": distinct_n(captions, 2)
     }
 
 
 def run(ctx: StageContext) -> StageOutput:
-    cfg, max_chars, seed = ctx.settings.annotate, ctx.settings.data.max_signal_chars, ctx.settings.seed
+    cfg, task, seed = ctx.settings.annotate, ctx.settings.task, ctx.settings.seed
     items = ctx.turn_slice("train", cfg.items_per_turn)
     teacher = ctx.turn_model if cfg.teacher_version is None else ctx.registry.get(cfg.teacher_version)
     annotator = ctx.llm_factory(teacher)
-    frame = annotate(items, annotator, cfg, max_chars, seed)
+    frame = annotate(items, annotator, cfg, task, seed)
     metrics = {"mean_logprob": float(frame["mean_logprob"].mean()), "unfinished": int((~frame["finished"]).sum())}
-    metrics |= probe_quality(ctx.probe(), annotator, cfg, max_chars, seed)
+    metrics |= probe_quality(ctx.probe(), annotator, cfg, task, seed)
     return StageOutput({"annotations": frame}, rows_in=len(items), metrics=metrics)
 
 
@@ -84,6 +84,6 @@ STAGE = StageDef(
     name="annotate",
     outputs=(ANNOTATIONS,),
     upstream=("ingest", "context", "refine"),
-    sections=("data", "annotate"),
+    sections=("data", "task", "annotate"),
     run=run,
 )

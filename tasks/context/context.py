@@ -41,10 +41,10 @@ def run(ctx: StageContext) -> StageOutput:
     ids = list(items["item_id"])
     related, rewrites = [[] for _ in ids], 0.0
     if cfg.docs:
-        pools, depth = query_pools(ctx, [item_content(item) for item in items.to_dict("records")])
+        pools, depth = query_pools(ctx, [item_content(item, ctx.settings.task) for item in items.to_dict("records")])
         related = corpus_index(ctx).search(pools, cfg.docs, cfg.rrf_k, exclude=ids, fusion=cfg.fusion, depth=depth)
         rewrites = sum(len(pool) - 1 for pool in pools) / max(len(pools), 1)
-    titles = dict(zip(items["item_id"], items["title"]))
+    titles = dict(zip(items["item_id"], items[ctx.settings.task.reference]))
     contexts = pd.DataFrame(
         {"item_id": ids, "related": related, "related_titles": [[titles[d] for d in docs] for docs in related]}
     )
@@ -55,7 +55,7 @@ def run(ctx: StageContext) -> StageOutput:
 def query_pools(ctx: StageContext, contents: list[str]) -> tuple[list[list[str]], int | None]:
     """Each item's queries, its content first, and how deep each ranking goes: the content alone k + 1 deep (the
     item itself is left out), or with the DMQR rewrites `rewrite.fusion_depth` deep, so rewrites can add documents."""
-    own = [clip(content, ctx.settings.data.max_signal_chars) for content in contents]
+    own = [clip(content, ctx.settings.task.max_field_chars) for content in contents]
     if not rewrites_the_query(ctx.settings):
         return [[query] for query in own], None
     cfg = ctx.settings.rewrite
@@ -75,6 +75,9 @@ STAGE = StageDef(
     sections=(
         "data",
         "context",
+        "task.content",
+        "task.reference",
+        "task.max_field_chars",
         *(f"rewrite.{k}" for k in ("strategies", "adaptive", "sampling", "max_query_chars", "fusion_depth")),
     ),
     run=run,

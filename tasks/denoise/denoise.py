@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from stores.schema import Column, TableSpec  # noqa: E402
-from tasks.config import Denoise  # noqa: E402
+from tasks.config import Denoise, Task  # noqa: E402
 from tasks.denoise.methods import Decision, best_per_item, consensus, decide, mean_nll, with_outranked  # noqa: E402
 from tasks.denoise.scores import content_distance, features, fit_trusted, noise_scores, token_logprobs, trusted_pairs  # noqa: E402
 from tasks.errors import InputError  # noqa: E402
@@ -58,7 +58,7 @@ DENOISED = TableSpec(
 
 
 def noise_decision(
-    cfg: Denoise, annotations: pd.DataFrame, items: pd.DataFrame, trusted: pd.DataFrame, llm, chars: int, seed: int
+    cfg: Denoise, annotations: pd.DataFrame, items: pd.DataFrame, trusted: pd.DataFrame, llm, task: Task, seed: int
 ) -> tuple[Decision, dict]:
     """The method's decision on `annotations` (item_id, caption) of `items`, ranked by `cfg.score`; `trusted` are
     human-split items (item_id, title, signals) for the fitted score. With `cfg.select` best, only each item's
@@ -68,21 +68,21 @@ def noise_decision(
     captions = list(annotations["caption"])
     fit, fit_metrics = None, {}
     if cfg.score == "nll":
-        logprobs = token_logprobs(captions, records, llm, chars, "denoise")
+        logprobs = token_logprobs(captions, records, llm, task, "denoise")
         frame = pd.DataFrame({"nll": mean_nll(logprobs)})
     else:
-        frame = features(captions, records, llm, chars)
+        frame = features(captions, records, llm, task)
         logprobs = list(frame["logprobs"])
     if cfg.score == "fitted":
         if len(trusted) < 4:
             raise InputError(f"denoise.score fitted needs at least 4 human-split items, found {len(trusted)}")
-        pair_captions, pair_items, wrong = trusted_pairs(trusted)
-        fit = fit_trusted(features(pair_captions, pair_items, llm, chars), wrong, seed)
+        pair_captions, pair_items, wrong = trusted_pairs(trusted, task)
+        fit = fit_trusted(features(pair_captions, pair_items, llm, task), wrong, seed)
         fit_metrics = {"trusted_tpr": fit.tpr, "trusted_fpr": fit.fpr}
     scores = noise_scores(cfg.score, frame, fit)
     selection = scores
     if cfg.select == "consensus":
-        content = frame["content"] if "content" in frame else content_distance(captions, records)
+        content = frame["content"] if "content" in frame else content_distance(captions, records, task)
         selection = consensus(annotations["item_id"], captions, mean_nll(logprobs), np.asarray(content))
     best = best_per_item(annotations["item_id"], selection) if cfg.select != "all" else np.ones(len(scores), bool)
     level = fit.noise_level(frame[best]) if fit is not None and cfg.method == "adatailr" else None
@@ -118,10 +118,10 @@ def histogram(scores: np.ndarray, threshold: float, method: str):
     return figure
 
 
-def dataset_quality(frame: pd.DataFrame, outranked: np.ndarray, titles: pd.Series) -> dict[str, float]:
+def dataset_quality(frame: pd.DataFrame, outranked: np.ndarray, references: pd.Series) -> dict[str, float]:
     """Quality of all / kept / dropped (by the method) / outranked (best-of-n losers) annotations against the human
-    titles, and the diversity of the kept ones."""
-    scores = pd.DataFrame(reference_scores(list(frame["caption"]), list(titles.loc[frame["item_id"]])))
+    references, and the diversity of the kept ones."""
+    scores = pd.DataFrame(reference_scores(list(frame["caption"]), list(references.loc[frame["item_id"]])))
     quality = {"annotations_distinct_2": distinct_n(list(frame.loc[frame["kept"], "caption"]), 2)}
     for group, rows in (
         ("all", frame.index),
@@ -136,9 +136,9 @@ def dataset_quality(frame: pd.DataFrame, outranked: np.ndarray, titles: pd.Serie
 
 
 def selection_quality(
-    annotations: pd.DataFrame, items: pd.DataFrame, consensus_picks: np.ndarray | None = None
+    annotations: pd.DataFrame, items: pd.DataFrame, task: Task, consensus_picks: np.ndarray | None = None
 ) -> dict[str, float]:
-    """What each best-of-n pick would have sent on, scored against the human titles (ROUGE-L), whichever
+    """What each best-of-n pick would have sent on, scored against the human references (ROUGE-L), whichever
     `denoise.select` the turn uses: the lowest generation NLL, the consensus pick (`consensus_picks` where the turn
     already made it), and a random candidate (the mean over each item's candidates). Nothing with one candidate per
     item."""
@@ -147,11 +147,11 @@ def selection_quality(
         return {}
     by_id = items.set_index("item_id", drop=False)
     records, captions = [by_id.loc[i].to_dict() for i in ids], list(annotations["caption"])
-    quality = pd.Series([rouge_l(c, r["title"]) for c, r in zip(captions, records)], index=annotations.index)
+    quality = pd.Series([rouge_l(c, r[task.reference]) for c, r in zip(captions, records)], index=annotations.index)
     nll = -annotations["mean_logprob"].to_numpy()
     picks = {"nll": best_per_item(ids, nll)}
     if consensus_picks is None:
-        consensus_picks = best_per_item(ids, consensus(ids, captions, nll, content_distance(captions, records)))
+        consensus_picks = best_per_item(ids, consensus(ids, captions, nll, content_distance(captions, records, task)))
     picks["consensus"] = consensus_picks
     metrics = {f"quality_pick_{name}_rouge_l": float(quality[mask].mean()) for name, mask in picks.items()}
     metrics["quality_pick_random_rouge_l"] = float(quality.groupby(ids.values).mean().mean())
@@ -163,9 +163,9 @@ def run(ctx: StageContext) -> StageOutput:
     annotations = ctx.read("annotate", "annotations")
     items = ctx.prompt_items()
     trusted = ctx.turn_slice("human", cfg.trusted_items) if cfg.score == "fitted" else items.iloc[0:0]
-    chars, seed = ctx.settings.data.max_signal_chars, ctx.settings.seed
+    task, seed = ctx.settings.task, ctx.settings.seed
     scorer = ctx.llm_factory(ctx.turn_model)
-    decision, fit_metrics = noise_decision(cfg, annotations, items, trusted, scorer, chars, seed)
+    decision, fit_metrics = noise_decision(cfg, annotations, items, trusted, scorer, task, seed)
     frame = decision_table(annotations, decision)
     outranked = decision.lost
     if len(frame):
@@ -178,8 +178,8 @@ def run(ctx: StageContext) -> StageOutput:
     if decision.noise_level is not None:
         metrics["noise_level"] = decision.noise_level
     if len(frame):
-        metrics |= dataset_quality(frame, outranked, items.set_index("item_id")["title"])
-        metrics |= selection_quality(annotations, items, ~outranked if cfg.select == "consensus" else None)
+        metrics |= dataset_quality(frame, outranked, items.set_index("item_id")[task.reference])
+        metrics |= selection_quality(annotations, items, task, ~outranked if cfg.select == "consensus" else None)
     summary = {"method": cfg.method, "gamma": decision.gamma, "min_weight": cfg.min_weight}
     return StageOutput({"denoised": frame}, rows_in=len(annotations), metrics=metrics, summary=summary)
 
@@ -188,6 +188,6 @@ STAGE = StageDef(
     name="denoise",
     outputs=(DENOISED,),
     upstream=("ingest", "context", "refine", "annotate"),
-    sections=("data", "denoise"),
+    sections=("data", "task", "denoise"),
     run=run,
 )

@@ -39,7 +39,11 @@ def score_file(
     cfg = Denoise.model_validate(settings.denoise.model_dump() | {k: v for k, v in chosen.items() if v is not None})
     items = pd.DataFrame(records)
     annotations = pd.DataFrame(
-        {"item_id": items["item_id"], "candidate": 0, "caption": items["annotation"].fillna(items["title"])}
+        {
+            "item_id": items["item_id"],
+            "candidate": 0,
+            "caption": items["annotation"].fillna(items[settings.task.reference]),
+        }
     )
     from tasks.runner import cached_llm, register_base_model
 
@@ -47,9 +51,7 @@ def score_file(
     trusted = human_split(settings) if cfg.score == "fitted" else items.iloc[0:0]
     with Store.open(settings.path("store")) as store:
         llm = cached_llm(settings, store, model)
-        decision, _ = noise_decision(
-            cfg, annotations, items, trusted, llm, settings.data.max_signal_chars, settings.seed
-        )
+        decision, _ = noise_decision(cfg, annotations, items, trusted, llm, settings.task, settings.seed)
     table = decision_table(annotations, decision).drop(columns="candidate")
     table = table.rename(columns={"caption": "annotation"}).assign(
         gamma=decision.gamma, noise_level=decision.noise_level, model=model.label

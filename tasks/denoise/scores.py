@@ -22,55 +22,56 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from tasks.config import Task
 from tasks.llm.embeddings import embed, similarity
-from tasks.prompts import caption_messages, item_content
+from tasks.prompts import item_content, prompt_messages
 
 SCORES = ("nll", "pmi", "content", "fitted")
 FEATURES = ["nll", "pmi", "content"]
 
 
-def token_logprobs(captions: list[str], items: list[dict], llm, max_signal_chars: int, desc: str) -> list[np.ndarray]:
+def token_logprobs(captions: list[str], items: list[dict], llm, task: Task, desc: str) -> list[np.ndarray]:
     """Per-token log-probs of each caption given its item (an empty item: given nothing)."""
-    prompts = [caption_messages(item, max_signal_chars) for item in items]
+    prompts = [prompt_messages(item, task) for item in items]
     return [np.asarray(s.token_logprobs) for s in llm.score(prompts, captions, desc=desc)]
 
 
-def features(captions: list[str], items: list[dict], llm, max_signal_chars: int) -> pd.DataFrame:
+def features(captions: list[str], items: list[dict], llm, task: Task) -> pd.DataFrame:
     """nll, pmi and content of each (caption, item), plus the conditional token log-probs (TaiLr weights use them)."""
-    conditional = token_logprobs(captions, items, llm, max_signal_chars, "denoise")
-    unconditional = token_logprobs(captions, [{}] * len(captions), llm, max_signal_chars, "denoise/prior")
+    conditional = token_logprobs(captions, items, llm, task, "denoise")
+    unconditional = token_logprobs(captions, [{}] * len(captions), llm, task, "denoise/prior")
     return pd.DataFrame(
         {
             "nll": [-float(np.mean(lp)) for lp in conditional],
             "pmi": [float(np.mean(u - c)) for c, u in zip(conditional, unconditional)],
-            "content": content_distance(captions, items),
+            "content": content_distance(captions, items, task),
             "logprobs": conditional,
         }
     )
 
 
-def content_distance(captions: list[str], items: list[dict]) -> np.ndarray:
+def content_distance(captions: list[str], items: list[dict], task: Task) -> np.ndarray:
     """1 − MiniLM cosine between each caption and its item's content (the caption itself where the item has none)."""
     if not captions:
         return np.zeros(0)
-    contents = [item_content(item) or caption for item, caption in zip(items, captions)]
+    contents = [item_content(item, task) or caption for item, caption in zip(items, captions)]
     return 1.0 - similarity([c.strip() or "(empty)" for c in captions], contents)
 
 
-def nearest_others(records: list[dict]) -> np.ndarray:
+def nearest_others(records: list[dict], task: Task) -> np.ndarray:
     """Each item's most similar other item (row index), by MiniLM over its content."""
-    vectors = embed([item_content(r) or r["title"] for r in records])
+    vectors = embed([item_content(r, task) or r[task.reference] for r in records])
     closeness = vectors @ vectors.T
     np.fill_diagonal(closeness, -np.inf)
     return closeness.argmax(axis=1)
 
 
-def trusted_pairs(human: pd.DataFrame) -> tuple[list[str], list[dict], np.ndarray]:
-    """(captions, items, wrong): every human title with its own item (wrong = 0), then with the item whose content
+def trusted_pairs(human: pd.DataFrame, task: Task) -> tuple[list[str], list[dict], np.ndarray]:
+    """(captions, items, wrong): every human reference with its own item (wrong = 0), then with the item whose content
     is most similar to its own (wrong = 1)."""
     records = human.to_dict("records")
-    nearest = nearest_others(records)
-    captions = [r["title"] for r in records] + [r["title"] for r in records]
+    nearest = nearest_others(records, task)
+    captions = [r[task.reference] for r in records] * 2
     items = records + [records[j] for j in nearest]
     return captions, items, np.r_[np.zeros(len(records)), np.ones(len(records))]
 

@@ -17,9 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from stores.schema import Column, TableSpec  # noqa: E402
-from tasks.config import Sampling  # noqa: E402
+from tasks.config import Sampling, Task  # noqa: E402
 from tasks.metrics import distinct_n, mean_words, paired_bootstrap, reference_scores  # noqa: E402
-from tasks.prompts import caption_messages, first_line  # noqa: E402
+from tasks.prompts import first_line, prompt_messages  # noqa: E402
 from tasks.stage import StageContext, StageDef, StageOutput  # noqa: E402
 
 METRICS = ("rouge_l", "minilm_sim")
@@ -37,14 +37,14 @@ SCOREBOARD = TableSpec(
 )
 
 
-def score_captions(items: pd.DataFrame, llm, sampling: Sampling, max_signal_chars: int, role: str) -> pd.DataFrame:
+def score_captions(items: pd.DataFrame, llm, sampling: Sampling, task: Task, role: str) -> pd.DataFrame:
     """The model behind `llm` captions `items`; each caption is scored against the item's human title."""
-    prompts = [caption_messages(item, max_signal_chars) for item in items.to_dict("records")]
+    prompts = [prompt_messages(item, task) for item in items.to_dict("records")]
     captions = [first_line(g.text) for g in llm.generate(prompts, sampling, [0] * len(prompts), f"evaluate/{role}")]
-    scores = reference_scores(captions, list(items["title"]))
+    scores = reference_scores(captions, list(items[task.reference]))
     return pd.DataFrame(
         {"item_id": items["item_id"], "role": role, "model": llm.model.label, "caption": captions, **scores}
-    ).assign(reference=list(items["title"]))
+    ).assign(reference=list(items[task.reference]))
 
 
 def summarize(scoreboard: pd.DataFrame, seed: int, resamples: int = 2000) -> dict[str, float]:
@@ -84,14 +84,14 @@ def chart(summary: dict[str, float], start_label: str, candidate_label: str):
 
 
 def run(ctx: StageContext) -> StageOutput:
-    cfg, max_chars = ctx.settings.evaluate, ctx.settings.data.max_signal_chars
+    cfg, task = ctx.settings.evaluate, ctx.settings.task
     heldout = ctx.items("heldout")
     heldout = heldout if cfg.items is None else heldout.head(cfg.items)
     candidate = ctx.registry.get(ctx.upstream_summary("retrain")["candidate_version"])
     scoreboard = pd.concat(
         [
-            score_captions(heldout, ctx.llm, cfg.sampling, max_chars, "start"),
-            score_captions(heldout, ctx.llm_factory(candidate), cfg.sampling, max_chars, "candidate"),
+            score_captions(heldout, ctx.llm, cfg.sampling, task, "start"),
+            score_captions(heldout, ctx.llm_factory(candidate), cfg.sampling, task, "candidate"),
         ],
         ignore_index=True,
     )
@@ -107,6 +107,6 @@ STAGE = StageDef(
     name="evaluate",
     outputs=(SCOREBOARD,),
     upstream=("ingest", "context", "retrain"),
-    sections=("data", "evaluate"),
+    sections=("data", "task", "evaluate"),
     run=run,
 )

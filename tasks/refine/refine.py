@@ -19,7 +19,7 @@ import pandas as pd
 
 from stores.schema import Column, TableSpec
 from tasks.config import Retrain, Settings, Sft
-from tasks.prompts import caption_messages
+from tasks.prompts import prompt_messages
 from tasks.retrain.retrain import train, train_and_register
 from tasks.stage import StageContext, StageDef, StageOutput
 
@@ -48,12 +48,12 @@ def refine_config(settings: Settings) -> Retrain:
 def run(ctx: StageContext) -> StageOutput:
     settings = ctx.settings
     human = ctx.turn_slice("human", settings.refine.items_per_turn)
-    examples = pd.DataFrame({"item_id": human["item_id"], "target": human["title"]})
+    examples = pd.DataFrame({"item_id": human["item_id"], "target": human[settings.task.reference]})
     if human.empty or settings.refine.max_steps == 0:
         return StageOutput({"refinement_examples": examples}, rows_in=len(human), metrics={"examples": 0})
     phase = examples.assign(
         kind="sft-human",
-        prompt=[caption_messages(item, settings.data.max_signal_chars) for item in human.to_dict("records")],
+        prompt=[prompt_messages(item, settings.task) for item in human.to_dict("records")],
     )
 
     def fit_into(staging: Path) -> dict[str, list[float]]:
@@ -74,7 +74,7 @@ STAGE = StageDef(
     name="refine",
     outputs=(REFINEMENT_EXAMPLES,),
     upstream=("ingest", "context"),
-    sections=("data", "refine", "retrain"),
+    sections=("data", "task", "refine", "retrain"),
     run=run,
     registers_models=True,
 )

@@ -16,7 +16,7 @@ from stores.registry import WEIGHTS, ModelRef, sha256_file
 from tasks.preference.generate_responses import Generator, generate_responses, resolve_matrix
 from tasks.preference.label_pairs import read_labels
 from tasks.preference.preference import collect_pairs, make_scorer, model_roles
-from tasks.prompts import caption_messages
+from tasks.prompts import prompt_messages
 from tasks.stage import StageContext
 
 STORED_RESPONSE_COLUMNS = ["item_id", "generator", "generator_version", "response_idx", "text"]
@@ -44,14 +44,20 @@ def policy_refresher(ctx: StageContext, staging: Path):
             round_items,
             [Generator(policy, g.sampling, g.responses) for g in policy_cells],
             ctx.llm_factory,
-            settings.data.max_signal_chars,
+            settings.task,
             settings.seed,
         )
         _, pairs, _ = collect_pairs(
-            pd.concat([others, fresh], ignore_index=True), round_items, cfg, scorer, labels, settings.seed
+            pd.concat([others, fresh], ignore_index=True),
+            round_items,
+            settings.task,
+            cfg,
+            scorer,
+            labels,
+            settings.seed,
         )
         pairs = pairs[pairs["kept"]].reset_index(drop=True)
-        prompts = [caption_messages(items.loc[i].to_dict(), settings.data.max_signal_chars) for i in pairs["item_id"]]
+        prompts = [prompt_messages(items.loc[i].to_dict(), settings.task) for i in pairs["item_id"]]
         return pairs.assign(prompt=prompts)
 
     return refresh

@@ -29,7 +29,7 @@ import torch
 from stores.registry import CANDIDATE, WEIGHTS, ModelRef, sha256_file
 from stores.schema import Column, TableSpec
 from tasks.config import Retrain, Sft
-from tasks.prompts import caption_messages
+from tasks.prompts import prompt_messages
 from tasks.retrain.fit import fit
 from tasks.retrain.regenerate import policy_refresher
 from tasks.rewrite.feedback import FEEDBACK_KINDS, feedback_targets, strategy_number, target_prompts
@@ -207,14 +207,17 @@ def training_data(ctx: StageContext) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
     synthetic = synthetic.assign(kind="sft-synthetic")
     human_items = ctx.turn_slice("human", settings.retrain.sft.human_items_per_turn)
     human = pd.DataFrame(
-        {"item_id": human_items["item_id"], "candidate": 0, "target": human_items["title"], "kind": "sft-human"}
+        {
+            "item_id": human_items["item_id"],
+            "candidate": 0,
+            "target": human_items[settings.task.reference],
+            "kind": "sft-human",
+        }
     )
     pairs = ctx.read("preference", "preference_pairs")
     pairs = pairs[pairs["kept"]].reset_index(drop=True)
     for frame in (synthetic, human, pairs):
-        frame["prompt"] = [
-            caption_messages(items.loc[i].to_dict(), settings.data.max_signal_chars) for i in frame["item_id"]
-        ]
+        frame["prompt"] = [prompt_messages(items.loc[i].to_dict(), settings.task) for i in frame["item_id"]]
     return synthetic.reset_index(drop=True), human, pairs
 
 
@@ -295,7 +298,7 @@ STAGE = StageDef(
     name="retrain",
     outputs=(TRAINING_EXAMPLES,),
     upstream=("ingest", "context", "refine", "denoise", "preference", "rewrite"),
-    sections=("data", "retrain"),
+    sections=("data", "task", "retrain"),
     run=run,
     registers_models=True,
 )

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tasks.config import Denoise
+from tasks.config import Denoise, Task
 from tasks.denoise.adatailr import estimate, gamma_for
 from tasks.denoise.corrupt import corrupt
 from tasks.denoise.methods import METHODS, decide
@@ -208,7 +208,7 @@ def test_each_turn_reports_what_every_best_of_n_pick_would_have_sent_on():
             "mean_logprob": [-0.5, -1.0, -0.1, -0.2, -0.3, -0.9],  # NLL prefers the banana and "graph networks"
         }
     )
-    quality = selection_quality(annotations, items)
+    quality = selection_quality(annotations, items, Task())
     from tasks.metrics import rouge_l
 
     assert quality["quality_pick_nll_rouge_l"] == pytest.approx(
@@ -220,7 +220,7 @@ def test_each_turn_reports_what_every_best_of_n_pick_would_have_sent_on():
         for c, t in zip(annotations["caption"], ["dense passage retrieval"] * 3 + ["graph neural networks"] * 3)
     ]
     assert quality["quality_pick_random_rouge_l"] == pytest.approx(np.mean(every))
-    assert selection_quality(annotations.drop_duplicates("item_id"), items) == {}  # one candidate: no pick
+    assert selection_quality(annotations.drop_duplicates("item_id"), items, Task()) == {}  # one candidate: no pick
 
 
 def test_every_noise_score_runs_on_the_real_model_and_the_fitted_one_reports_its_fit(backend, tmp_path):
@@ -246,8 +246,8 @@ def test_every_noise_score_runs_on_the_real_model_and_the_fitted_one_reports_its
         llm = CachedLLM(lambda ref: backend, LLMCallCache(store.con), model, progress=False)
         for score in ("nll", "pmi", "content", "fitted"):
             cfg = Denoise(score=score)
-            decision, fit = noise_decision(cfg, annotations, items, trusted, llm, 300, seed=0)
+            decision, fit = noise_decision(cfg, annotations, items, trusted, llm, Task(max_field_chars=300), seed=0)
             assert len(decision.noise_score) == 5 and np.isfinite(decision.noise_score).all()
             assert set(fit) == ({"trusted_tpr", "trusted_fpr"} if score == "fitted" else set())
         with pytest.raises(Exception, match="at least 4 human-split items"):
-            noise_decision(Denoise(score="fitted"), annotations, items, trusted.iloc[:2], llm, 300, seed=0)
+            noise_decision(Denoise(score="fitted"), annotations, items, trusted.iloc[:2], llm, Task(), seed=0)
