@@ -121,7 +121,7 @@ def _picks(train: pd.DataFrame, llm, settings, candidates: int) -> pd.DataFrame:
     rng = np.random.default_rng(settings.seed)
     best = frame.loc[frame.groupby("item_id", sort=False)["score"].idxmax()].set_index("item_id")["caption"]
     records = train.set_index("item_id", drop=False).loc[frame["item_id"]].to_dict("records")
-    distance = content_distance(list(frame["caption"]), records)
+    distance = content_distance(list(frame["caption"]), records, settings.task)
     agreed = best_per_item(
         frame["item_id"], consensus(frame["item_id"], list(frame["caption"]), -frame["score"], distance)
     )

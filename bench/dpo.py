@@ -30,6 +30,7 @@ def caption_pairs(count: int):
     """`count` preference pairs over bundled items: the item's title (chosen) vs its first words (rejected)."""
     import pandas as pd
 
+    from tasks.config import Task
     from tasks.ingest.ingest import ingest_semanlink
     from tasks.prompts import prompt_messages
 
@@ -37,7 +38,7 @@ def caption_pairs(count: int):
     rows = [
         {
             "item_id": item["item_id"],
-            "prompt": prompt_messages(item, 300),
+            "prompt": prompt_messages(item, Task(max_field_chars=300)),
             "chosen": item["title"],
             "rejected": " ".join(str(item.get("comment") or item["title"]).split()[:6]),
         }

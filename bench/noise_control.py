@@ -121,8 +121,8 @@ def _detection(items, human, models, llm, settings, rates) -> list[dict]:
     from tasks.denoise.methods import METHODS, decide
     from tasks.denoise.scores import SCORES, features, fit_trusted, nearest_others, noise_scores, trusted_pairs
 
-    nearest = nearest_others(items.to_dict("records"))
-    captions, trusted_items, wrong = trusted_pairs(human)
+    nearest = nearest_others(items.to_dict("records"), settings.task)
+    captions, trusted_items, wrong = trusted_pairs(human, settings.task)
     rows = []
     for name, model in models.items():
         trusted = features(captions, trusted_items, llm(model), settings.task)
@@ -174,11 +174,11 @@ def _downstream(items, human, heldout, model, llm, settings, args) -> list[dict]
     from tasks.retrain.retrain import train
 
     subset = items.head(args.downstream_items)
-    nearest = nearest_others(subset.to_dict("records"))
+    nearest = nearest_others(subset.to_dict("records"), settings.task)
     annotations = corrupt(subset, args.downstream_rate, settings.seed, CORRUPTIONS, nearest)
     frame = _features(annotations, subset, llm(model), settings)
     logprobs = list(frame["logprobs"])
-    captions, trusted_items, wrong = trusted_pairs(human)
+    captions, trusted_items, wrong = trusted_pairs(human, settings.task)
     fit = fit_trusted(features(captions, trusted_items, llm(model), settings.task), wrong, 0)
     cfg = settings.retrain.model_copy(update={"sft": settings.retrain.sft.model_copy(update={"max_steps": args.steps})})
     sampling, task = settings.evaluate.sampling, settings.task
