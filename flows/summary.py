@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tasks.llm.cached import USAGE_COLUMNS, total_usage
+from tasks.metrics import REFERENCE_METRICS
 
 
 def _note(stage: str, m: dict, summary: dict) -> str:
@@ -145,7 +146,7 @@ def print_turn(
     board = Table(title=f"Held-out scoreboard ({int(m['items'])} items never trained on)", title_justify="left")
     for column in ("metric", f"start v{s['start_version']}", f"retrained v{s['candidate_version']}", "delta [95% CI]"):
         board.add_column(column, justify="left" if column == "metric" else "right")
-    for metric in ("rouge_l", "minilm_sim"):
+    for metric in (name for name in REFERENCE_METRICS if f"start_{name}" in m):
         board.add_row(
             metric,
             f"{m[f'start_{metric}']:.4f}",

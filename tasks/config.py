@@ -110,6 +110,9 @@ def _template(text: str) -> str:
 
 Template = Annotated[str, AfterValidator(_template)]
 
+# The reference metrics a task can be scored on, defined in tasks/metrics.py REFERENCE_METRICS (a test keeps them equal)
+MetricName = Literal["rouge_l", "minilm_sim", "exact_match"]
+
 
 class Signal(Strict):
     """An item field the prompt shows as `label: value`, only when the item has it; a list's entries are joined."""
@@ -141,6 +144,13 @@ class Task(Strict):
     max_field_chars: int = Field(500, ge=20, le=8000)  # per signal, in prompts, and of the content
     reference: ItemField = "title"  # what an output is scored against (held-out scoreboard, dataset quality)
     content: tuple[ItemField, ...] = Field(("abstract", "comment"), min_length=1)  # the first non-empty one
+    # line: the output is the completion's first line; choice: the first of `choices` the completion names
+    output: Literal["line", "choice"] = "line"
+    choices: tuple[Annotated[str, Field(pattern=r"^\S+$")], ...] = ()  # a choice task's answers, e.g. [A, B]
+    metrics: tuple[MetricName, ...] = Field(("rouge_l", "minilm_sim"), min_length=1)  # the scoreboard's, in order
+    # how the preference stage's external scorer judges a response: similarity to the item's content (the caption
+    # task), or correctness against its reference (a verifiable task)
+    scorer: Literal["content", "reference"] = "content"
 
     @field_validator("signals")
     @classmethod
@@ -159,6 +169,16 @@ class Task(Strict):
             shown |= {name for _, name, _, _ in string.Formatter().parse(template) if name}
         if self.reference in shown:
             raise ValueError(f"the reference field {self.reference} is shown in the prompt")
+        return self
+
+    @model_validator(mode="after")
+    def _choices_fit_the_output(self) -> Task:
+        if self.output == "choice" and len(set(self.choices)) < 2:
+            raise ValueError("a choice task needs at least two distinct choices (task.choices)")
+        if self.output == "line" and self.choices:
+            raise ValueError("task.choices is only for output: choice")
+        if len(set(self.metrics)) < len(self.metrics):
+            raise ValueError("task.metrics names a metric twice")
         return self
 
 
@@ -360,13 +380,13 @@ class RagEval(Strict):
 class Promote(Strict):
     """The gate: promote on evidence (the delta's bootstrap CI), with guardrails against self-training collapse."""
 
-    primary_metric: Literal["rouge_l", "minilm_sim"] = "rouge_l"
+    primary_metric: MetricName = "rouge_l"  # one of task.metrics; the others' intervals are guards
     min_delta: float = Field(0.0, ge=0.0)  # the candidate must beat the champion by more than this
     evidence: Literal["ci_low", "point"] = "ci_low"  # compare min_delta with the CI's lower bound or the mean delta
     max_diversity_drop: float = Field(0.1, ge=0.0, le=1.0)  # held-out distinct-2 may fall by at most this fraction
     # candidate mean output length / the human references' must stay inside, or at least move towards 1
     length_band: tuple[float, float] = (0.67, 1.5)
-    secondary_must_hold: bool = True  # the other metric's CI must not lie wholly below zero
+    secondary_must_hold: bool = True  # the other metrics' CIs must not lie wholly below zero
 
     @field_validator("length_band")
     @classmethod
@@ -411,6 +431,13 @@ class Settings(Strict):
     def _fractions_leave_a_train_pool(self) -> Settings:
         if self.data.heldout_fraction + self.data.human_fraction >= 0.8:
             raise ValueError("data.heldout_fraction + data.human_fraction must leave at least 20% to train on")
+        return self
+
+    @model_validator(mode="after")
+    def _gate_reads_a_scored_metric(self) -> Settings:
+        if self.promote.primary_metric not in self.task.metrics:
+            metrics = ", ".join(self.task.metrics)
+            raise ValueError(f"promote.primary_metric {self.promote.primary_metric} is not in task.metrics ({metrics})")
         return self
 
     @model_validator(mode="after")

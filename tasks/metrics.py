@@ -1,6 +1,8 @@
-"""Text-quality measures shared by the scoreboard, the dataset-quality numbers and the experiment report: ROUGE-L
-and MiniLM similarity against a human reference, distinct-n diversity, mean length, and the paired bootstrap
-interval of a mean difference (the same resampling everywhere, so intervals are comparable).
+"""Output-quality measures shared by the scoreboard, the dataset-quality numbers and the experiment report: against
+a human reference, ROUGE-L and MiniLM similarity (free text) or exact match (a short or multiple-choice answer: its
+mean is accuracy); distinct-n diversity, mean length, and the paired bootstrap interval of a mean difference (the same
+resampling everywhere, so intervals are comparable). A task names the reference metrics it is scored on
+(`task.metrics`); `REFERENCE_METRICS` is every one a task can name.
 """
 
 from __future__ import annotations
@@ -21,14 +23,29 @@ def rouge_l(prediction: str, reference: str) -> float:
     return float(_rouge().score(reference, prediction)["rougeL"].fmeasure)
 
 
-def reference_scores(texts: list[str], references: list[str]) -> dict[str, list[float]]:
-    """Per text: ROUGE-L F1 and MiniLM cosine similarity against its human reference."""
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when the answer is the reference, up to case and surrounding white space."""
+    return float(" ".join(prediction.split()).casefold() == " ".join(str(reference).split()).casefold())
+
+
+def _minilm_sim(texts: list[str], references: list[str]) -> list[float]:
     from tasks.llm.embeddings import similarity
 
-    return {
-        "rouge_l": [rouge_l(t, r) for t, r in zip(texts, references)],
-        "minilm_sim": list(similarity([t or "(empty)" for t in texts], references)) if texts else [],
-    }
+    return list(similarity([t or "(empty)" for t in texts], references)) if texts else []
+
+
+REFERENCE_METRICS = {
+    "rouge_l": lambda texts, references: [rouge_l(t, r) for t, r in zip(texts, references)],
+    "minilm_sim": _minilm_sim,
+    "exact_match": lambda texts, references: [exact_match(t, r) for t, r in zip(texts, references)],
+}
+
+
+def reference_scores(
+    texts: list[str], references: list[str], metrics: tuple[str, ...] = ("rouge_l", "minilm_sim")
+) -> dict[str, list[float]]:
+    """Per text, each named metric against its human reference."""
+    return {name: REFERENCE_METRICS[name](texts, references) for name in metrics}
 
 
 def distinct_n(texts: list[str], n: int = 2) -> float:

@@ -5,6 +5,8 @@ use it, so what the model is trained on is exactly what it is scored on); the te
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 
 from tasks.config import ItemField, Sampling, Task
@@ -56,6 +58,16 @@ def item_content(item: dict, task: Task) -> str:
 def first_line(text: str) -> str:
     """A caption is one line: the first non-empty line of the completion."""
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def task_output(text: str, task: Task) -> str:
+    """The answer a completion gives under the task's output rule: its first line, or the first of the task's choices
+    it names as a word of its own ("B", "(B)", "Answer: B."; case as written), "" when it names none."""
+    if task.output == "line":
+        return first_line(text)
+    names = "|".join(re.escape(choice) for choice in sorted(task.choices, key=len, reverse=True))
+    found = re.search(rf"(?<!\w)({names})(?!\w)", text)
+    return found.group(1) if found else ""
 
 
 def sample_captions(

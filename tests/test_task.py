@@ -2,12 +2,17 @@
 that cannot work."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
-from tasks.config import ConfigError, ItemField, Task, load_settings
+from tasks.config import ConfigError, ItemField, MetricName, Settings, Task, load_settings
+from tasks.evaluate.evaluate import summarize
 from tasks.ingest.ingest import ITEMS
-from tasks.prompts import item_content, prompt_messages
+from tasks.metrics import REFERENCE_METRICS, reference_scores
+from tasks.preference.scorer import ReferenceScorer
+from tasks.promote.promote import guards
+from tasks.prompts import item_content, prompt_messages, task_output
 from tests.project import REPO
 
 ITEM = {
@@ -70,6 +75,13 @@ def test_templates_take_item_fields_and_clip_them(tmp_path):
         ({"signals": [{"field": "tags", "label": "T"}, {"field": "tags", "label": "U"}]}, "task.signals", "twice"),
         ({"signals": []}, "task.signals", "at least 1"),
         ({"reference": "answer"}, "task.reference", "'title'"),
+        ({"output": "choice", "choices": ["A", "A"]}, "task", "at least two distinct choices"),
+        ({"choices": ["A", "B"]}, "task", "only for output: choice"),
+        ({"output": "choice", "choices": ["A", "two words"]}, "task.choices.1", "should match pattern"),
+        ({"metrics": ["accuracy"]}, "task.metrics.0", "'exact_match'"),
+        ({"metrics": ["rouge_l", "rouge_l"]}, "task", "names a metric twice"),
+        ({"metrics": ["exact_match"]}, "(top level)", "promote.primary_metric rouge_l is not in task.metrics"),
+        ({"scorer": "judge"}, "task.scorer", "'reference'"),
     ],
 )
 def test_a_task_that_cannot_work_is_one_line_naming_the_file_and_the_field(tmp_path, task, field, says):
@@ -79,3 +91,51 @@ def test_a_task_that_cannot_work_is_one_line_naming_the_file_and_the_field(tmp_p
         load_settings(path)
     message = str(error.value)
     assert message.startswith(f"{path}: {field}") and says in message and "\n" not in message
+
+
+CHOICE = Task(name="quiz", reference="title", output="choice", choices=["A", "B"], metrics=["exact_match"])
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer"),
+    [
+        ("B", "B"),
+        ("(B) because heat rises", "B"),
+        ("Answer: A.", "A"),
+        ("The answer is B\nA is wrong", "B"),
+        ("a cat", ""),  # choices are matched as written: the article is not choice A
+        ("ABBA", ""),  # inside a word
+        ("I do not know", ""),
+    ],
+)
+def test_a_choice_task_answers_with_the_first_choice_the_completion_names(completion, answer):
+    assert task_output(completion, CHOICE) == answer
+    assert task_output(f"  {completion}\nmore", Task()) == completion.splitlines()[0].strip()
+
+
+def test_the_metrics_a_task_can_name_are_the_ones_the_scoreboard_computes():
+    assert set(MetricName.__args__) == set(REFERENCE_METRICS)
+    scores = reference_scores(["B", " b ", "A", ""], ["B", "B", "B", "B"], ("exact_match",))
+    assert scores == {"exact_match": [1.0, 1.0, 0.0, 0.0]}
+
+
+def test_a_choice_scoreboard_is_accuracy_and_the_gate_guards_no_phrasing():
+    board = pd.DataFrame(
+        {
+            "item_id": list("abcd") * 2,
+            "role": ["start"] * 4 + ["candidate"] * 4,
+            "caption": ["A", "A", "A", "A", "A", "B", "B", "B"],
+            "exact_match": [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0],
+        }
+    )
+    summary = summarize(board, CHOICE, seed=0, resamples=200)
+    assert summary["start_exact_match"] == 0.25 and summary["candidate_exact_match"] == 0.75
+    assert summary["delta_exact_match"] == 0.5 and "start_distinct_2" not in summary
+    settings = Settings(task=CHOICE, promote={"primary_metric": "exact_match"})
+    assert set(guards(summary, settings.promote)) == {"delta_exact_match_ci_low"}
+
+
+def test_a_verifiable_task_prefers_the_correct_answer():
+    scored = ReferenceScorer(CHOICE)(["B", "Answer: A", "no idea"], ["B", "B", "B"])
+    assert scored["similarity"] == [1.0, 0.0, 0.0] and scored["violations"] == ["", "", "no_answer"]
+    assert scored["score"][0] > scored["score"][1] > scored["score"][2]

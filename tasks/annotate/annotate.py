@@ -22,7 +22,7 @@ import pandas as pd
 from stores.schema import Column, TableSpec
 from tasks.config import Annotate, Task
 from tasks.metrics import distinct_n, reference_scores
-from tasks.prompts import first_line, sample_captions
+from tasks.prompts import sample_captions, task_output
 from tasks.stage import StageContext, StageDef, StageOutput
 
 ANNOTATIONS = TableSpec(
@@ -47,7 +47,7 @@ def annotate(items: pd.DataFrame, llm, cfg: Annotate, task: Task, seed: int) -> 
         {
             "item_id": [item["item_id"] for item, _, _ in samples],
             "candidate": [candidate for _, candidate, _ in samples],
-            "caption": [first_line(g.text) for _, _, g in samples],
+            "caption": [task_output(g.text, task) for _, _, g in samples],
             "mean_logprob": [float(np.mean(g.token_logprobs)) for _, _, g in samples],
             "min_logprob": [float(np.min(g.token_logprobs)) for _, _, g in samples],
             "n_tokens": [len(g.token_ids) for _, _, g in samples],
@@ -62,8 +62,8 @@ def probe_quality(probe: pd.DataFrame, llm, cfg: Annotate, task: Task, seed: int
     if probe.empty:
         return {}
     samples = sample_captions(probe, llm, 1, cfg.sampling, task, seed, "probe")
-    captions = [first_line(g.text) for _, _, g in samples]
-    scores = reference_scores(captions, [item[task.reference] for item, _, _ in samples])
+    captions = [task_output(g.text, task) for _, _, g in samples]
+    scores = reference_scores(captions, [item[task.reference] for item, _, _ in samples], task.metrics)
     return {f"probe_{name}": float(np.mean(values)) for name, values in scores.items()} | {
         "probe_distinct_2": distinct_n(captions, 2)
     }

@@ -118,10 +118,12 @@ def histogram(scores: np.ndarray, threshold: float, method: str):
     return figure
 
 
-def dataset_quality(frame: pd.DataFrame, outranked: np.ndarray, references: pd.Series) -> dict[str, float]:
+def dataset_quality(
+    frame: pd.DataFrame, outranked: np.ndarray, references: pd.Series, metrics: tuple[str, ...]
+) -> dict[str, float]:
     """Quality of all / kept / dropped (by the method) / outranked (best-of-n losers) annotations against the human
-    references, and the diversity of the kept ones."""
-    scores = pd.DataFrame(reference_scores(list(frame["caption"]), list(references.loc[frame["item_id"]])))
+    references with the task's metrics, and the diversity of the kept ones."""
+    scores = pd.DataFrame(reference_scores(list(frame["caption"]), list(references.loc[frame["item_id"]]), metrics))
     quality = {"annotations_distinct_2": distinct_n(list(frame.loc[frame["kept"], "caption"]), 2)}
     for group, rows in (
         ("all", frame.index),
@@ -178,7 +180,7 @@ def run(ctx: StageContext) -> StageOutput:
     if decision.noise_level is not None:
         metrics["noise_level"] = decision.noise_level
     if len(frame):
-        metrics |= dataset_quality(frame, outranked, items.set_index("item_id")[task.reference])
+        metrics |= dataset_quality(frame, outranked, items.set_index("item_id")[task.reference], task.metrics)
         metrics |= selection_quality(annotations, items, task, ~outranked if cfg.select == "consensus" else None)
     summary = {"method": cfg.method, "gamma": decision.gamma, "min_weight": cfg.min_weight}
     return StageOutput({"denoised": frame}, rows_in=len(annotations), metrics=metrics, summary=summary)

@@ -1,11 +1,13 @@
-"""The held-out scoreboard: the turn's starting model and the retrained candidate caption the same frozen held-out
-items (never trained on: the held-out split is excluded from every training table), and each caption is scored
-against the human title with ROUGE-L F1 and MiniLM cosine similarity. The same items and metrics every turn, so
-turn N+1 is comparable with turn N. The delta comes with a paired bootstrap 95% interval, and the outputs' diversity
-(distinct-2) and mean length are measured for the promotion gate's guardrails.
+"""The held-out scoreboard: the turn's starting model and the retrained candidate answer the same frozen held-out
+items (never trained on: the held-out split is excluded from every training table), and each output is scored
+against the item's human reference with the task's metrics (`task.metrics`: ROUGE-L F1 and MiniLM cosine similarity
+for the caption task, exact match for a choice task). The same items and metrics every turn, so turn N+1 is
+comparable with turn N. Each delta comes with a paired bootstrap 95% interval, and a free-text task's outputs'
+diversity (distinct-2) and mean length are measured for the promotion gate's guardrails.
 
 Input: `items` (held-out split: all of it, or the first `evaluate.items` in the seeded order), the candidate.
-Output columns (`scoreboard`): item_id, role, model, caption, rouge_l, minilm_sim.
+Output columns (`scoreboard`): item_id, role, model, caption, and one per reference metric (null where the task is
+not scored on it): rouge_l, minilm_sim, exact_match.
 """
 
 from __future__ import annotations
@@ -18,11 +20,10 @@ import pandas as pd  # noqa: E402
 
 from stores.schema import Column, TableSpec  # noqa: E402
 from tasks.config import Sampling, Task  # noqa: E402
-from tasks.metrics import distinct_n, mean_words, paired_bootstrap, reference_scores  # noqa: E402
-from tasks.prompts import first_line, prompt_messages  # noqa: E402
+from tasks.metrics import REFERENCE_METRICS, distinct_n, mean_words, paired_bootstrap, reference_scores  # noqa: E402
+from tasks.prompts import prompt_messages, task_output  # noqa: E402
 from tasks.stage import StageContext, StageDef, StageOutput  # noqa: E402
 
-METRICS = ("rouge_l", "minilm_sim")
 SCOREBOARD = TableSpec(
     "scoreboard",
     (
@@ -30,35 +31,41 @@ SCOREBOARD = TableSpec(
         Column("role", "VARCHAR", min_length=1),  # start | candidate
         Column("model", "VARCHAR", min_length=1),
         Column("caption", "VARCHAR"),
-        Column("rouge_l", "DOUBLE", min_value=0.0, max_value=1.0),
-        Column("minilm_sim", "DOUBLE", min_value=-1.0, max_value=1.0),
+        Column("rouge_l", "DOUBLE", nullable=True, min_value=0.0, max_value=1.0),
+        Column("minilm_sim", "DOUBLE", nullable=True, min_value=-1.0, max_value=1.0),
+        Column("exact_match", "DOUBLE", nullable=True, min_value=0.0, max_value=1.0),
     ),
     key=("item_id", "role"),
 )
 
 
 def score_captions(items: pd.DataFrame, llm, sampling: Sampling, task: Task, role: str) -> pd.DataFrame:
-    """The model behind `llm` captions `items`; each caption is scored against the item's human title."""
+    """The model behind `llm` answers `items`; each output is scored against the item's reference with every metric
+    the task names (the others stay null)."""
     prompts = [prompt_messages(item, task) for item in items.to_dict("records")]
-    captions = [first_line(g.text) for g in llm.generate(prompts, sampling, [0] * len(prompts), f"evaluate/{role}")]
-    scores = reference_scores(captions, list(items[task.reference]))
+    generations = llm.generate(prompts, sampling, [0] * len(prompts), f"evaluate/{role}")
+    captions = [task_output(g.text, task) for g in generations]
+    scores = reference_scores(captions, list(items[task.reference]), task.metrics)
+    unscored = {name: None for name in REFERENCE_METRICS if name not in scores}
     return pd.DataFrame(
         {"item_id": items["item_id"], "role": role, "model": llm.model.label, "caption": captions, **scores}
-    ).assign(reference=list(items[task.reference]))
+    ).assign(**unscored, reference=list(items[task.reference]))
 
 
-def summarize(scoreboard: pd.DataFrame, seed: int, resamples: int = 2000) -> dict[str, float]:
-    """Per role: mean of each metric, distinct-2 and mean words of the captions; candidate − start delta of each
-    metric with its paired bootstrap 95% interval."""
+def summarize(scoreboard: pd.DataFrame, task: Task, seed: int, resamples: int = 2000) -> dict[str, float]:
+    """Per role: mean of each of the task's metrics; for free text, distinct-2 and mean words of the outputs (a
+    choice has no phrasing to collapse); candidate − start delta of each metric with its paired bootstrap 95%
+    interval."""
     start = scoreboard[scoreboard["role"] == "start"].set_index("item_id").sort_index()
     candidate = scoreboard[scoreboard["role"] == "candidate"].set_index("item_id").loc[start.index]
     result = {"items": float(len(start))}
-    if "reference" in start:
-        result["reference_mean_words"] = mean_words(list(start["reference"]))
-    for role, board in (("start", start), ("candidate", candidate)):
-        captions = list(board["caption"].fillna(""))
-        result |= {f"{role}_distinct_2": distinct_n(captions, 2), f"{role}_mean_words": mean_words(captions)}
-    for metric in METRICS:
+    if task.output == "line":
+        if "reference" in start:
+            result["reference_mean_words"] = mean_words(list(start["reference"]))
+        for role, board in (("start", start), ("candidate", candidate)):
+            captions = list(board["caption"].fillna(""))
+            result |= {f"{role}_distinct_2": distinct_n(captions, 2), f"{role}_mean_words": mean_words(captions)}
+    for metric in task.metrics:
         diff = candidate[metric].to_numpy() - start[metric].to_numpy()
         mean, low, high = paired_bootstrap(diff, seed, resamples)
         result |= {
@@ -71,9 +78,9 @@ def summarize(scoreboard: pd.DataFrame, seed: int, resamples: int = 2000) -> dic
     return result
 
 
-def chart(summary: dict[str, float], start_label: str, candidate_label: str):
-    figure, axes = plt.subplots(1, len(METRICS), figsize=(8, 3.5))
-    for axis, metric in zip(axes, METRICS):
+def chart(summary: dict[str, float], metrics: tuple[str, ...], start_label: str, candidate_label: str):
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.5), squeeze=False)
+    for axis, metric in zip(axes[0], metrics):
         values = [summary[f"start_{metric}"], summary[f"candidate_{metric}"]]
         axis.bar([start_label, candidate_label], values, color=["#9d9da1", "#4c78a8"])
         low, high = summary[f"delta_{metric}_ci_low"], summary[f"delta_{metric}_ci_high"]
@@ -95,9 +102,10 @@ def run(ctx: StageContext) -> StageOutput:
         ],
         ignore_index=True,
     )
-    summary = summarize(scoreboard, ctx.settings.seed)
+    summary = summarize(scoreboard, task, ctx.settings.seed)
     scoreboard = scoreboard.drop(columns="reference")
-    ctx.log_scoreboard(chart(summary, ctx.start_model.label, candidate.label), "scoreboard.png", summary, "heldout")
+    figure = chart(summary, task.metrics, ctx.start_model.label, candidate.label)
+    ctx.log_scoreboard(figure, "scoreboard.png", summary, "heldout")
     ctx.mlrun.log_text(scoreboard.to_csv(index=False), "scoreboard.csv")
     facts = {"start_version": ctx.start_model.version, "candidate_version": candidate.version}
     return StageOutput({"scoreboard": scoreboard}, rows_in=len(heldout), metrics=summary, summary=facts)

@@ -33,7 +33,7 @@ from tasks.preference.label_pairs import (
     labelling_queue,
     read_labels,
 )
-from tasks.preference.scorer import LLMJudge, Scorer
+from tasks.preference.scorer import LLMJudge, ReferenceScorer, Scorer
 from tasks.prompts import item_content
 from tasks.stage import StageContext, StageDef, StageOutput
 
@@ -98,8 +98,10 @@ LABEL_QUEUE = TableSpec(
 )
 
 
-def make_scorer(settings: Settings, get_version, client_for) -> Scorer:
+def make_scorer(settings: Settings, get_version, client_for) -> Scorer | ReferenceScorer:
     cfg = settings.preference
+    if settings.task.scorer == "reference":
+        return ReferenceScorer(settings.task)
     judge = None
     if cfg.judge_version is not None:
         judge = LLMJudge(client_for(get_version(cfg.judge_version)), settings.task.max_field_chars)
@@ -111,14 +113,18 @@ def collect_pairs(
     items: pd.DataFrame,
     task: Task,
     cfg: Preference,
-    scorer: Scorer,
+    scorer: Scorer | ReferenceScorer,
     labels: dict[str, str],
     seed: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Steps 3–4 on unscored responses: (scored + filtered responses, labelled pairs, labelling queue)."""
-    contents = items.set_index("item_id").apply(lambda item: item_content(item.to_dict(), task), axis=1)
+    indexed = items.set_index("item_id")
+    if scorer.against == "reference":
+        targets = indexed[task.reference]
+    else:
+        targets = indexed.apply(lambda item: item_content(item.to_dict(), task), axis=1)
     scored = responses.reset_index(drop=True)
-    scored = scored.assign(**scorer(list(scored["text"]), [contents[i] for i in scored["item_id"]]))
+    scored = scored.assign(**scorer(list(scored["text"]), [targets[i] for i in scored["item_id"]]))
     filtered = filter_responses(scored)
     pairs = ai_labels(select_pairs(filtered, cfg.min_score_gap, cfg.min_chosen_score))
     if cfg.correct_with_humans:

@@ -4,7 +4,8 @@ Two parts, both swappable: MiniLM similarity between a response and its item's c
 minus a fixed penalty per violated format rule, and optionally an LLM judge, a *separate* registered model version
 asked whether the title fits the document; its P(Yes) (against P(No), from log-probs of the two answers) adds
 `judge_weight · (P(Yes) − 0.5)`. A caption that restates the instruction or runs over several lines loses to a
-plain, on-topic title.
+plain, on-topic title. A verifiable task (`task.scorer: reference`, e.g. a choice task) is scored by correctness
+instead: `ReferenceScorer` checks the response's answer against the item's reference.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tasks.config import Task
 from tasks.llm.embeddings import similarity
-from tasks.prompts import clip
+from tasks.metrics import exact_match
+from tasks.prompts import clip, task_output
 
 RULE_PENALTY = 0.25
 _META = re.compile(r"\b(title is|one-line title|this document|here is|the title)\b", re.IGNORECASE)
@@ -71,6 +74,7 @@ class Scorer:
     max_chars: int
     judge: LLMJudge | None = None
     judge_weight: float = 0.0
+    against = "content"  # what __call__'s second argument holds: each item's content
 
     def __call__(self, texts: list[str], contents: list[str]) -> dict[str, list]:
         """Columns similarity, judge (NaN without a judge), violations (comma-joined) and score (higher is better)."""
@@ -85,5 +89,27 @@ class Scorer:
             "similarity": sims.tolist(),
             "judge": judged.tolist(),
             "violations": [",".join(v) for v in violations],
+            "score": scores.tolist(),
+        }
+
+
+@dataclass
+class ReferenceScorer:
+    """Correctness: 1 when the response's answer (the task's output rule) is the item's reference, else 0; a response
+    that gives no answer at all breaks the format rule `no_answer` and is filtered out."""
+
+    task: Task
+    against = "reference"  # what __call__'s second argument holds: each item's reference
+
+    def __call__(self, texts: list[str], references: list[str]) -> dict[str, list]:
+        """The same columns as `Scorer`'s; `similarity` holds the correctness."""
+        answers = [task_output(text, self.task) for text in texts]
+        correct = np.array([exact_match(a, r) for a, r in zip(answers, references)], dtype=float)
+        violations = ["" if answer else "no_answer" for answer in answers]
+        scores = correct - RULE_PENALTY * np.array([bool(v) for v in violations], dtype=float)
+        return {
+            "similarity": correct.tolist(),
+            "judge": [math.nan] * len(texts),
+            "violations": violations,
             "score": scores.tolist(),
         }

@@ -3,8 +3,9 @@ held-out primary metric: by default the lower end of the paired bootstrap 95% in
 `promote.min_delta` (`evidence: point` compares the mean delta instead). Guardrails known to bite self-training
 loops must hold too: held-out output diversity (distinct-2) may not fall by more than `max_diversity_drop`, the mean
 output length must stay inside `length_band` of the human references' mean length or move towards it (length
-exploitation drifts away from it; a model learning human-length titles moves towards it), and the secondary metric's
-interval must not lie wholly below zero. Every guard's value and verdict is recorded (table + MLflow).
+exploitation drifts away from it; a model learning human-length titles moves towards it), and each other metric the
+task is scored on must not have its interval lie wholly below zero (a choice task has no phrasing or length to
+guard). Every guard's value and verdict is recorded (table + MLflow).
 The alias only ever points at a complete model folder (weights verified against the registered fingerprint).
 If the champion moved while this turn ran, nothing is promoted: the comparison would be against a stale model.
 A rerun never moves the alias twice (the stage's batch is recorded once, and a candidate that is already champion,
@@ -23,6 +24,7 @@ import pandas as pd
 
 from stores.schema import Column, TableSpec
 from tasks.config import Promote
+from tasks.metrics import REFERENCE_METRICS
 from tasks.stage import StageContext, StageDef, StageOutput
 
 PROMOTIONS = TableSpec(
@@ -47,7 +49,7 @@ PROMOTIONS = TableSpec(
 def guards(metrics: dict[str, float], cfg: Promote) -> dict[str, dict]:
     """Each check the candidate must pass: its measured value, the bound it is held to, and whether it passed."""
     primary = cfg.primary_metric
-    secondary = next(m for m in ("rouge_l", "minilm_sim") if m != primary)
+    secondaries = [m for m in REFERENCE_METRICS if m != primary and f"delta_{m}_ci_high" in metrics]
     name = f"delta_{primary}_ci_low" if cfg.evidence == "ci_low" else f"delta_{primary}"
     checks = {name: (metrics[name], cfg.min_delta, metrics[name] > cfg.min_delta)}
     if "start_distinct_2" in metrics:
@@ -59,7 +61,7 @@ def guards(metrics: dict[str, float], cfg: Promote) -> dict[str, dict]:
         towards = abs(np.log(max(ratio, 1e-9))) <= abs(np.log(max(before, 1e-9)))
         bound = f"[{low}, {high}] or closer to 1 than {before:.2f}"
         checks["length_ratio"] = (ratio, bound, low <= ratio <= high or towards)
-    if cfg.secondary_must_hold:
+    for secondary in secondaries if cfg.secondary_must_hold else ():
         high_end = metrics[f"delta_{secondary}_ci_high"]
         checks[f"{secondary}_ci_high"] = (high_end, 0.0, high_end >= 0.0)
     return {name: {"value": value, "bound": bound, "passed": bool(ok)} for name, (value, bound, ok) in checks.items()}

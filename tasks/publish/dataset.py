@@ -164,6 +164,11 @@ def dataset_card(turn: FinishedTurn, sft: pd.DataFrame, dpo: pd.DataFrame, files
     sections = ("data", "task", "refine", "annotate", "denoise", "preference", "retrain")
     params = {name: getattr(settings, name).model_dump(mode="json") for name in sections}
     task = settings.task
+    board = "; ".join(
+        f"{name} {evaluate.get(f'start_{name}', float('nan')):.4f} (start) → "
+        f"{evaluate.get(f'candidate_{name}', float('nan')):.4f} (candidate)"
+        for name in task.metrics
+    )
     return f"""---
 {yaml.safe_dump(header, sort_keys=False).strip()}
 ---
@@ -208,8 +213,7 @@ Noise control: method `{noise.get("method", "none")}`, TaiLr γ {noise.get("gamm
 `noise_score` is the score it was kept with. DPO: {retrain.get("dpo_pairs_trained", 0)} pairs trained,
 {retrain.get("dpo_pairs_corrected", 0)} of them corrected by human labels; `label_source` says who preferred
 (ai | human_reference | human_label).
-Held-out scoreboard of this turn: ROUGE-L {evaluate.get("start_rouge_l", float("nan")):.4f} (start) →
-{evaluate.get("candidate_rouge_l", float("nan")):.4f} (candidate) on {int(evaluate.get("items", 0))} items.
+Held-out scoreboard of this turn on {int(evaluate.get("items", 0))} items: {board}.
 
 ## Lineage
 Every row carries `item_id` (the source item), `turn` and `batch_id` (the retrain stage's batch in the flywheel

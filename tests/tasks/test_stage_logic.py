@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from stores.index import reciprocal_rank_fusion
-from tasks.config import Promote, Sft
+from tasks.config import Promote, Sft, Task
 from tasks.evaluate.evaluate import summarize
 from tasks.metrics import rouge_l
 from tasks.preference.scorer import rule_violations
@@ -57,7 +57,7 @@ def test_scoreboard_summary_pairs_items():
             "minilm_sim": [0.5, 0.5, 0.5, 0.7],
         }
     )
-    summary = summarize(board, seed=0, resamples=200)
+    summary = summarize(board, Task(), seed=0, resamples=200)
     assert summary["start_rouge_l"] == pytest.approx(0.2) and summary["candidate_rouge_l"] == pytest.approx(0.4)
     assert summary["delta_rouge_l"] == pytest.approx(0.2)
     assert 0.1 - 1e-9 <= summary["delta_rouge_l_ci_low"] <= summary["delta_rouge_l_ci_high"] <= 0.3 + 1e-9
