@@ -45,9 +45,10 @@ def bench_splits(settings) -> dict[str, pd.DataFrame]:
     """The bundled Semanlink items by split (train / human / heldout, as the turn assigns them), each in a fixed
     order of the bench's own (no retrieved context: the benches compare data and methods, not prompts)."""
     from tasks.ingest.ingest import assign_split, ingest_semanlink
+    from tasks.stage import with_fields
 
     records, _ = ingest_semanlink(settings.data.min_comment_chars, settings.data.min_title_chars)
-    frame = pd.DataFrame(records)
+    frame = with_fields(pd.DataFrame(records))
     frame["split"] = [
         assign_split(settings.seed, i, settings.data.heldout_fraction, settings.data.human_fraction)
         for i in frame["item_id"]

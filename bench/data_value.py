@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
             ref = ModelRef("bench", 1, sha256_file(path / "model.safetensors"), path)
             return CachedLLM(load, cache, ref, progress=False, engine=f"transformers-{settings.model.dtype}")
 
-        refined = fine_tuned(base, human, list(human["title"]), settings, args.refine_steps, args.work)
+        refined = fine_tuned(base, human, list(human["reference"]), settings, args.refine_steps, args.work)
         annotations = _picks(train, llm(refined), settings, args.candidates)
         train = train.set_index("item_id", drop=False).loc[annotations.index].reset_index(drop=True)
         epoch = max(1, -(-len(train) // settings.retrain.sft.batch_size))
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
             ("synthetic", annotations["best"]),
             ("consensus", annotations["consensus"]),
             ("random", annotations["random"]),
-            ("gold", train["title"]),
+            ("gold", train["reference"]),
         ):
             models[name] = fine_tuned(refined, train, list(targets), settings, epoch, args.work)
         rows = _scoreboard(models, heldout, llm, settings)
@@ -133,7 +133,7 @@ def _picks(train: pd.DataFrame, llm, settings, candidates: int) -> pd.DataFrame:
 def _annotation_quality(annotations: pd.DataFrame, train: pd.DataFrame) -> dict[str, float]:
     from tasks.metrics import reference_scores
 
-    titles = list(train["title"])
+    titles = list(train["reference"])
     return {
         f"annotations_{kind}_rouge_l": float(np.mean(reference_scores(list(annotations[kind]), titles)["rouge_l"]))
         for kind in ("best", "consensus", "random")

@@ -27,20 +27,22 @@ from bench.common import log_bench_run  # noqa: E402
 
 
 def caption_pairs(count: int):
-    """`count` preference pairs over bundled items: the item's title (chosen) vs its first words (rejected)."""
+    """`count` preference pairs over bundled items: the item's human title (chosen) vs its first words (rejected)."""
     import pandas as pd
 
     from tasks.config import Task
     from tasks.ingest.ingest import ingest_semanlink
     from tasks.prompts import prompt_messages
+    from tasks.stage import with_fields
 
-    items, _ = ingest_semanlink(200, 12)
+    records, _ = ingest_semanlink(200, 12)
+    items = with_fields(pd.DataFrame(records)).to_dict("records")
     rows = [
         {
             "item_id": item["item_id"],
             "prompt": prompt_messages(item, Task(max_field_chars=300)),
-            "chosen": item["title"],
-            "rejected": " ".join(str(item.get("comment") or item["title"]).split()[:6]),
+            "chosen": item["reference"],
+            "rejected": " ".join(str(item.get("comment") or item["reference"]).split()[:6]),
         }
         for item in items[:count]
     ]

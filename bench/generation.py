@@ -34,11 +34,15 @@ from bench.roofline import Dims, forward_flops, generation_flops, scoring_flops 
 
 def caption_prompts(settings, count: int) -> list:
     """`count` caption prompts from the bundled items (the prompts the flywheel sends most)."""
+    import pandas as pd
+
     from tasks.ingest.ingest import ingest_semanlink
     from tasks.prompts import prompt_messages
+    from tasks.stage import with_fields
 
-    items, _ = ingest_semanlink(settings.data.min_comment_chars, settings.data.min_title_chars)
-    return [prompt_messages(item, settings.task) for item in items[:count]]
+    records, _ = ingest_semanlink(settings.data.min_comment_chars, settings.data.min_title_chars)
+    items = with_fields(pd.DataFrame(records[:count]))
+    return [prompt_messages(item, settings.task) for item in items.to_dict("records")]
 
 
 def naive_loop(path: Path, prompts: list, sampling) -> tuple[list[int], float]:

@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
     base_path = convert_gguf(gguf, work.parent / "models")
     refine_split, trusted_split = _halves(human)
     trusted_split = trusted_split.head(args.trusted_items or len(trusted_split))
-    refined_path = fine_tuned(base_path, refine_split, list(refine_split["title"]), settings, args.refine_steps, work)
+    references = list(refine_split["reference"])
+    refined_path = fine_tuned(base_path, refine_split, references, settings, args.refine_steps, work)
     models = {
         "v1": ModelRef("bench", 1, sha256_file(base_path / "model.safetensors"), base_path),
         "v1-refined": ModelRef("bench", 2, sha256_file(refined_path / "model.safetensors"), refined_path),

@@ -166,12 +166,12 @@ def _preference_accuracy(settings, policy, candidate_version: int, count: int) -
     from tasks.config import Sampling
     from tasks.prompts import prompt_messages
     from tasks.runner import cached_llm
-    from tasks.stage import derive_seed, seeded_order
+    from tasks.stage import derive_seed, seeded_order, with_fields
 
     experiment = tracking.configure(settings.path("mlflow"), settings.experiment)
     candidate = Registry(settings.model.registry_name, experiment, settings.path("models")).get(candidate_version)
     with Store.open(settings.path("store")) as store:
-        items = store.read("items")
+        items = with_fields(store.read("items"))
         heldout = seeded_order(items[items["split"] == "heldout"], settings.seed)
         heldout = heldout.iloc[settings.evaluate.items : settings.evaluate.items + count]  # after the scoreboard slice
         prompts = [prompt_messages(item, settings.task) for item in heldout.to_dict("records")]
@@ -180,7 +180,7 @@ def _preference_accuracy(settings, policy, candidate_version: int, count: int) -
         rejected = [
             g.text.strip() for g in cached_llm(settings, store, policy).generate(prompts, sampling, seeds, "pairs")
         ]
-        chosen = list(heldout["title"])
+        chosen = list(heldout["reference"])
         logps = {}
         for name, model in (("ref", policy), ("policy", candidate)):
             llm = cached_llm(settings, store, model)

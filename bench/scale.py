@@ -39,7 +39,8 @@ def write_items(path: Path, count: int, seed: int) -> None:
                 continue
             item_id = f"it-{rng.randrange(number)}" if number and rng.random() < 0.02 else f"it-{number}"
             words = rng.choices(WORDS, k=60)
-            item = {"item_id": item_id, "title": " ".join(words[:8]), "abstract": " ".join(words), "tags": words[:3]}
+            fields = {"abstract": " ".join(words)}
+            item = {"item_id": item_id, "reference": " ".join(words[:8]), "fields": fields, "tags": words[:3]}
             out.write(json.dumps(item) + "\n")
 
 

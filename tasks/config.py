@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import string
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -80,7 +81,9 @@ class Paths(Strict):
 
 
 class Data(Strict):
-    source: ProjectPath = "semanlink"  # "semanlink" (bundled, from cherche) or a JSONL file in the item schema
+    # bundled: "semanlink" (bookmarks, from cherche) or "quartz" (science questions, from evals); or a JSONL file in
+    # the item schema (tasks/ingest/ingest.py ItemRecord)
+    source: ProjectPath = "semanlink"
     # train items set aside as the dataset-quality probe: never in a turn's window, re-annotated by every champion
     probe_items: int = Field(32, ge=0)
     min_comment_chars: int = Field(200, ge=1)  # a non-arXiv bookmark needs a comment this long to be captioned
@@ -89,9 +92,10 @@ class Data(Strict):
     human_fraction: float = Field(0.1, gt=0.0, lt=0.5)
 
 
-# The fields a task can name: the item schema's (tasks/ingest/ingest.py `ITEMS`; a test keeps them equal) and
-# `context`, the related documents' titles the context stage adds
-ItemField = Literal["title", "abstract", "comment", "tags", "context"]
+# A field a task can name: one of the items' named fields (tasks/ingest/ingest.py; ingest and every stage check the
+# items have it), `tags`, or `context` (the related items' references the context stage adds). Never `reference`:
+# the human output is what the model's output is scored against, and a prompt that showed it would teach copying.
+ItemField = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 
 
 def _template(text: str) -> str:
@@ -102,9 +106,11 @@ def _template(text: str) -> str:
         names = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
     except ValueError as error:
         raise ValueError(f"not a valid template ({error}); write a literal brace as {{{{ or }}}}") from None
-    unknown = sorted(names - set(ItemField.__args__))
-    if unknown:
-        raise ValueError(f"placeholder {{{unknown[0]}}} is not an item field ({', '.join(ItemField.__args__)})")
+    for name in sorted(names):
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise ValueError(f"placeholder {{{name}}} is not a field name (lower case, digits, _)")
+        if name == "reference":
+            raise ValueError("placeholder {reference}: the reference is never shown in the prompt")
     return text
 
 
@@ -114,10 +120,19 @@ Template = Annotated[str, AfterValidator(_template)]
 MetricName = Literal["rouge_l", "minilm_sim", "exact_match"]
 
 
+def _not_the_reference(field: str) -> str:
+    if field == "reference":
+        raise ValueError("the reference is what outputs are scored against: never shown, never the content")
+    return field
+
+
+TaskField = Annotated[ItemField, AfterValidator(_not_the_reference)]
+
+
 class Signal(Strict):
     """An item field the prompt shows as `label: value`, only when the item has it; a list's entries are joined."""
 
-    field: ItemField
+    field: TaskField
     label: str = Field(min_length=1)
     # characters of a text field (null: task.max_field_chars), or of each entry of a list (null: entries whole)
     clip: int | None = Field(None, ge=20, le=8000)
@@ -126,8 +141,9 @@ class Signal(Strict):
 
 class Task(Strict):
     """What the model learns to do, in one place: the prompt every stage shows it (annotate, noise scoring,
-    preference, training, evaluation), the item field its output is scored against, and the field a response is
-    judged against by the preference scorer and the context retrieval. The defaults are the bundled caption task."""
+    preference, training, evaluation), how its output is read and scored against the item's reference, and the field
+    a response is judged against by the preference scorer and the context retrieval. The defaults are the bundled
+    caption task."""
 
     name: str = Field("caption", pattern=r"^[a-z][a-z0-9_-]*$")
     system: Template = "You write short, precise titles for bookmarked documents."
@@ -142,8 +158,7 @@ class Task(Strict):
         min_length=1,
     )
     max_field_chars: int = Field(500, ge=20, le=8000)  # per signal, in prompts, and of the content
-    reference: ItemField = "title"  # what an output is scored against (held-out scoreboard, dataset quality)
-    content: tuple[ItemField, ...] = Field(("abstract", "comment"), min_length=1)  # the first non-empty one
+    content: tuple[TaskField, ...] = Field(("abstract", "comment"), min_length=1)  # the first non-empty one
     # line: the output is the completion's first line; choice: the first of `choices` the completion names
     output: Literal["line", "choice"] = "line"
     choices: tuple[Annotated[str, Field(pattern=r"^\S+$")], ...] = ()  # a choice task's answers, e.g. [A, B]
@@ -161,15 +176,13 @@ class Task(Strict):
             raise ValueError(f"field {repeated[0]} is shown twice")
         return signals
 
-    @model_validator(mode="after")
-    def _reference_stays_hidden(self) -> Task:
-        """A prompt that shows the reference teaches copying and scores it as skill."""
-        shown = {signal.field for signal in self.signals}
-        for template in (self.system, self.instruction):
-            shown |= {name for _, name, _, _ in string.Formatter().parse(template) if name}
-        if self.reference in shown:
-            raise ValueError(f"the reference field {self.reference} is shown in the prompt")
-        return self
+    def named_fields(self) -> list[tuple[str, str]]:
+        """(where, field) of every item field the task names: signals, template placeholders, content."""
+        named = [(f"signals.{k}.field", signal.field) for k, signal in enumerate(self.signals)]
+        for where in ("system", "instruction"):
+            template = getattr(self, where)
+            named += [(where, name) for _, name, _, _ in string.Formatter().parse(template) if name]
+        return named + [(f"content.{k}", field) for k, field in enumerate(self.content)]
 
     @model_validator(mode="after")
     def _choices_fit_the_output(self) -> Task:
@@ -437,7 +450,8 @@ class Settings(Strict):
     def _gate_reads_a_scored_metric(self) -> Settings:
         if self.promote.primary_metric not in self.task.metrics:
             metrics = ", ".join(self.task.metrics)
-            raise ValueError(f"promote.primary_metric {self.promote.primary_metric} is not in task.metrics ({metrics})")
+            primary = self.promote.primary_metric
+            raise ValueError(f"task.metrics ({metrics}) lacks promote.primary_metric {primary}: the gate reads it")
         return self
 
     @model_validator(mode="after")
@@ -510,6 +524,7 @@ def load_settings(path: Path | str = "params.yaml", overrides: dict | None = Non
         return Settings(**raw, root=path.parent)
     except ValidationError as error:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in error.errors()
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"].removeprefix("Value error, ")
+            for e in error.errors()
         )
         raise ConfigError(f"{path}: {problems}") from error

@@ -9,7 +9,7 @@ import re
 
 import pandas as pd
 
-from tasks.config import ItemField, Sampling, Task
+from tasks.config import Sampling, Task
 from tasks.llm.backend import Generation, Messages
 from tasks.stage import derive_seed
 
@@ -30,6 +30,17 @@ def field_text(item: dict, field: str, limit: int, entry_limit: int | None = Non
     return join.join(str(entry) if entry_limit is None else clip(entry, entry_limit) for entry in value)
 
 
+class _FieldTexts(dict):
+    """A template's placeholder values: each item field's prompt text, rendered when the template names it."""
+
+    def __init__(self, item: dict, limit: int):
+        super().__init__()
+        self.item, self.limit = item, limit
+
+    def __missing__(self, name: str) -> str:
+        return field_text(self.item, name, self.limit)
+
+
 def prompt_messages(item: dict, task: Task) -> Messages:
     """The model reads every signal the task names, in order, each only when the item has it (retrieved context is
     the `context` column, tasks/context/context.py); the templates' `{field}` placeholders take the same text."""
@@ -38,7 +49,7 @@ def prompt_messages(item: dict, task: Task) -> Messages:
         text = field_text(item, signal.field, signal.clip or task.max_field_chars, signal.clip, signal.join)
         if text:
             signals.append(f"{signal.label}: {text}")
-    fields = {name: field_text(item, name, task.max_field_chars) for name in ItemField.__args__}
+    fields = _FieldTexts(item, task.max_field_chars)
     return [
         {"role": "system", "content": task.system.format_map(fields)},
         {"role": "user", "content": "\n".join(signals) + f"\n\n{task.instruction.format_map(fields)}"},

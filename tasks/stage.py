@@ -6,6 +6,7 @@ batch ids, caching of finished batches, validation, quarantine, atomic writes, l
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -18,6 +19,7 @@ from stores.schema import TableSpec
 from stores.store import Store
 from stores.tracking import RunHandle
 from tasks.config import Settings
+from tasks.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,10 @@ class StageContext:
         return self.store.read(table, self.upstream[stage])
 
     def prompt_items(self) -> pd.DataFrame:
-        """All items, with their retrieved context (`context`: related titles) when the stage reads it."""
-        items = self.read("ingest", "items")
+        """All items, their fields as columns, with their retrieved context (`context`: related items' references)
+        when the stage reads it."""
+        items = with_fields(self.read("ingest", "items"))
+        require_task_fields(set(items.columns), self.settings)
         if "context" not in self.upstream:
             return items
         return with_context(items, self.read("context", "contexts"))
@@ -137,6 +141,32 @@ def seeded_order(items: pd.DataFrame, seed: int) -> pd.DataFrame:
 def derive_seed(*parts) -> int:
     """A per-call seed from the run seed and the call's identity (stage, item, candidate...)."""
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:4], "big")
+
+
+def with_fields(items: pd.DataFrame) -> pd.DataFrame:
+    """Items with each of their named fields (the `fields` JSON object) as a column of its own, the way stages read
+    them (`item["abstract"]`); a field an item lacks is None."""
+    if "fields" not in items:
+        return items
+    fields = [json.loads(value) if isinstance(value, str) else dict(value) for value in items["fields"]]
+    names = list(dict.fromkeys(name for row in fields for name in row))
+    columns = {name: [row.get(name) for row in fields] for name in names}
+    return items.drop(columns="fields").assign(**columns)
+
+
+def require_task_fields(present: set[str], settings: Settings) -> None:
+    """Every field the task names is one some item has (tags and the retrieved context are every item's; an empty
+    value counts), so a misspelt field stops the turn with the task's field and the items' named, instead of
+    prompting blank."""
+    present = present | {"tags", "context"}
+    for where, name in settings.task.named_fields():
+        if name not in present:
+            names = ", ".join(sorted(present - {"item_id", "source", "reference", "split"}))
+            source = settings.data.source
+            raise InputError(
+                f"task.{where}: the items of data.source {source} have no field {name!r} ({names}); "
+                "fix the name, or give the items the field (an empty value counts)"
+            )
 
 
 def with_context(items: pd.DataFrame, contexts: pd.DataFrame) -> pd.DataFrame:

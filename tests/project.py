@@ -42,11 +42,11 @@ def link_shared(folder: Path) -> None:
             link.symlink_to(REPO / path, target_is_directory=True)
 
 
-def write_params(folder: Path, overrides: dict | None = None) -> Path:
-    """The repository's params.yaml (every key DVC tracks) with the TINY sizes and any overrides on top, in a folder
-    that shares the repository's model cache and vLLM environment."""
+def write_params(folder: Path, overrides: dict | None = None, base: str = "params.yaml") -> Path:
+    """The repository's params file `base` (params.yaml: every key DVC tracks) with the TINY sizes and any overrides
+    on top, as `params.yaml` in a folder that shares the repository's model cache and vLLM environment."""
     link_shared(folder)
-    params = merge_params(merge_params(yaml.safe_load((REPO / "params.yaml").read_text()), TINY), overrides or {})
+    params = merge_params(merge_params(yaml.safe_load((REPO / base).read_text()), TINY), overrides or {})
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path

@@ -34,8 +34,9 @@ values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=5,
 )
-item_keys = st.sampled_from(["item_id", "title", "abstract", "comment", "tags", "source", "extra", "annotation"])
-objects = st.dictionaries(item_keys, values, max_size=7)
+item_keys = st.sampled_from(["item_id", "reference", "fields", "tags", "source", "extra", "annotation", "title"])
+field_maps = st.dictionaries(st.sampled_from(["abstract", "comment", "Bad key", "reference", "q"]), values, max_size=3)
+objects = st.dictionaries(item_keys, values | field_maps, max_size=7)
 lines = st.one_of(
     objects.map(json.dumps).map(str.encode),
     st.binary(max_size=40),  # invalid UTF-8, stray bytes, nothing
@@ -52,7 +53,8 @@ def test_items_files_every_line_is_a_record_or_a_reject_with_its_line(tmp_path, 
     meaningful = [n for n, raw in enumerate(path.read_bytes().splitlines(), start=1) if raw.strip()]
     assert len(records) + len(rejects) <= len(meaningful)  # lines of only whitespace are skipped, nothing else
     assert all(r["reason"].startswith(f"items.jsonl line {r['row_key'].split()[-1]}: ") for r in rejects)
-    assert all(r["item_id"] and r["title"] and (r["abstract"] or r["comment"]) for r in records)
+    assert all(r["item_id"] and r["reference"] and any(r["fields"].values()) for r in records)
+    assert not any(set(r["fields"]) & {"reference", "tags", "item_id"} for r in records)
 
 
 @PROPERTY
@@ -100,18 +102,21 @@ def test_params_files_load_or_fail_naming_the_file(tmp_path, params):
         assert str(error).startswith(str(path))
 
 
-pieces = st.sampled_from(list("ab {}:") + ["{abstract}", "{title}", "{tags}", "{nope}", "{0}", "{{", "{!r}"])
+pieces = st.sampled_from(list("ab {}:") + ["{abstract}", "{reference}", "{tags}", "{Nope}", "{0}", "{{", "{!r}"])
 templates = st.lists(pieces, max_size=6).map("".join)
 signal = st.fixed_dictionaries(
-    {"field": st.sampled_from(["abstract", "comment", "tags", "context", "title", "body"])},
+    {"field": st.sampled_from(["abstract", "comment", "tags", "context", "reference", "body", "Body"])},
     optional={"label": templates, "clip": st.integers(0, 9000) | st.none(), "join": st.text(max_size=3), "x": values},
 )
 task_values = {
     "system": templates | values,
     "instruction": templates | values,
     "signals": st.lists(signal, max_size=4) | values,
-    "reference": st.sampled_from(["title", "abstract", "answer"]) | values,
-    "content": st.lists(st.sampled_from(["abstract", "comment", "tags", "body"]), max_size=3) | values,
+    "content": st.lists(st.sampled_from(["abstract", "comment", "tags", "body", "reference"]), max_size=3) | values,
+    "output": st.sampled_from(["line", "choice", "json"]) | values,
+    "choices": st.lists(st.sampled_from(["A", "B", "C D", ""]), max_size=3) | values,
+    "metrics": st.lists(st.sampled_from(["rouge_l", "minilm_sim", "exact_match", "bleu"]), max_size=3) | values,
+    "scorer": st.sampled_from(["content", "reference", "judge"]) | values,
     "max_field_chars": st.integers(0, 9000) | values,
     "name": st.sampled_from(["caption", "Bad name", "qa"]) | values,
 }

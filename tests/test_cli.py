@@ -40,15 +40,27 @@ def test_denoise_score_on_any_items_file(tmp_path, capsys):
     import json
 
     rows = [
-        {"item_id": "a", "title": "Graph neural networks: a practical guide", "abstract": "A tutorial on GNNs."},
+        {
+            "item_id": "a",
+            "reference": "Graph neural networks: a practical guide",
+            "fields": {"abstract": "A tutorial on GNNs."},
+        },
         {
             "item_id": "b",
-            "title": "Knowledge graphs from language models",
-            "comment": "LMs as open KGs.",
+            "reference": "Knowledge graphs from language models",
+            "fields": {"comment": "LMs as open KGs."},
             "annotation": "zebra, marmalade, quantum",
         },
-        {"item_id": "c", "title": "Sentence embeddings for retrieval", "comment": "Dense retrieval with SBERT."},
-        {"item_id": "d", "title": "Weak supervision at industrial scale", "abstract": "Snorkel DryBell."},
+        {
+            "item_id": "c",
+            "reference": "Sentence embeddings for retrieval",
+            "fields": {"comment": "Dense retrieval with SBERT."},
+        },
+        {
+            "item_id": "d",
+            "reference": "Weak supervision at industrial scale",
+            "fields": {"abstract": "Snorkel DryBell."},
+        },
     ]
     items = tmp_path / "items.jsonl"
     items.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"item_id": "e"}\n')
@@ -73,7 +85,7 @@ def test_denoise_score_on_any_items_file(tmp_path, capsys):
     assert "4 scored" in capsys.readouterr().out
     scored = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["item_id"] for r in scored] == ["a", "b", "c", "d"]
-    assert scored[1]["annotation"] == "zebra, marmalade, quantum" and scored[0]["annotation"] == rows[0]["title"]
+    assert scored[1]["annotation"] == "zebra, marmalade, quantum" and scored[0]["annotation"] == rows[0]["reference"]
     assert all(r["method"] == "small_loss" and r["noise_score"] > 0 for r in scored)
     noisiest = max(scored, key=lambda r: r["noise_score"])
     assert [r["item_id"] for r in scored if not r["kept"]] == [noisiest["item_id"]]  # small_loss drops the top 20%

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from tasks.config import ConfigError, ItemField, MetricName, Settings, Task, load_settings
+from tasks.config import ConfigError, MetricName, Settings, Task, load_settings
 from tasks.evaluate.evaluate import summarize
-from tasks.ingest.ingest import ITEMS
+from tasks.ingest.ingest import ITEMS, RESERVED
 from tasks.metrics import REFERENCE_METRICS, reference_scores
 from tasks.preference.scorer import ReferenceScorer
 from tasks.promote.promote import guards
@@ -17,7 +17,7 @@ from tests.project import REPO
 
 ITEM = {
     "item_id": "i1",
-    "title": "Dense passage retrieval",
+    "reference": "Dense passage retrieval",
     "abstract": "We   show that dense representations alone can implement retrieval.",
     "comment": "",
     "tags": np.array(["NLP", "Retrieval  systems"], dtype=object),
@@ -42,9 +42,9 @@ def test_the_bundled_caption_task_renders_the_prompt_every_stage_shows():
     assert item_content({"comment": "a note"}, Task()) == "a note"
 
 
-def test_the_item_fields_a_task_can_name_are_the_item_schema_and_the_retrieved_context():
-    schema = {column.name for column in ITEMS.columns} - {"item_id", "source", "split"}
-    assert set(ItemField.__args__) == schema | {"context"}
+def test_an_item_field_cannot_take_a_name_the_item_schema_reserves():
+    schema = {column.name for column in ITEMS.columns} - {"fields"}
+    assert set(RESERVED) == schema | {"context"}
 
 
 def test_templates_take_item_fields_and_clip_them(tmp_path):
@@ -53,7 +53,6 @@ def test_templates_take_item_fields_and_clip_them(tmp_path):
         system="You label {tags} documents.",
         instruction="Give one more tag for this {{document}}, after: {tags}.",
         signals=[{"field": "abstract", "label": "Text", "clip": 20}],
-        reference="title",
         content=["comment", "abstract"],
     )
     system, user = prompt_messages(ITEM, task)
@@ -67,20 +66,22 @@ def test_templates_take_item_fields_and_clip_them(tmp_path):
 @pytest.mark.parametrize(
     ("task", "field", "says"),
     [
-        ({"signals": [{"field": "abstrct", "label": "A"}]}, "task.signals.0.field", "'abstract'"),
-        ({"instruction": "Summarize {body}."}, "task.instruction", "placeholder {body} is not an item field"),
+        ({"signals": [{"field": "Abstract", "label": "A"}]}, "task.signals.0.field", "should match pattern"),
+        ({"instruction": "Summarize {Body}."}, "task.instruction", "placeholder {Body} is not a field name"),
         ({"system": "   "}, "task.system", "an empty template"),
         ({"instruction": "Close {abstract"}, "task.instruction", "not a valid template"),
-        ({"instruction": "Title for {title}"}, "task", "the reference field title is shown in the prompt"),
+        ({"instruction": "Title for {reference}"}, "task.instruction", "the reference is never shown"),
+        ({"signals": [{"field": "reference", "label": "R"}]}, "task.signals.0.field", "never shown, never the content"),
+        ({"content": ["reference"]}, "task.content.0", "never shown, never the content"),
         ({"signals": [{"field": "tags", "label": "T"}, {"field": "tags", "label": "U"}]}, "task.signals", "twice"),
         ({"signals": []}, "task.signals", "at least 1"),
-        ({"reference": "answer"}, "task.reference", "'title'"),
+        ({"reference": "answer"}, "task.reference", "Extra inputs are not permitted"),
         ({"output": "choice", "choices": ["A", "A"]}, "task", "at least two distinct choices"),
         ({"choices": ["A", "B"]}, "task", "only for output: choice"),
         ({"output": "choice", "choices": ["A", "two words"]}, "task.choices.1", "should match pattern"),
         ({"metrics": ["accuracy"]}, "task.metrics.0", "'exact_match'"),
         ({"metrics": ["rouge_l", "rouge_l"]}, "task", "names a metric twice"),
-        ({"metrics": ["exact_match"]}, "(top level)", "promote.primary_metric rouge_l is not in task.metrics"),
+        ({"metrics": ["exact_match"]}, "task.metrics", "lacks promote.primary_metric rouge_l"),
         ({"scorer": "judge"}, "task.scorer", "'reference'"),
     ],
 )
@@ -93,7 +94,7 @@ def test_a_task_that_cannot_work_is_one_line_naming_the_file_and_the_field(tmp_p
     assert message.startswith(f"{path}: {field}") and says in message and "\n" not in message
 
 
-CHOICE = Task(name="quiz", reference="title", output="choice", choices=["A", "B"], metrics=["exact_match"])
+CHOICE = Task(name="quiz", output="choice", choices=["A", "B"], metrics=["exact_match"])
 
 
 @pytest.mark.parametrize(

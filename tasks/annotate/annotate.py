@@ -63,7 +63,7 @@ def probe_quality(probe: pd.DataFrame, llm, cfg: Annotate, task: Task, seed: int
         return {}
     samples = sample_captions(probe, llm, 1, cfg.sampling, task, seed, "probe")
     captions = [task_output(g.text, task) for _, _, g in samples]
-    scores = reference_scores(captions, [item[task.reference] for item, _, _ in samples], task.metrics)
+    scores = reference_scores(captions, [item["reference"] for item, _, _ in samples], task.metrics)
     return {f"probe_{name}": float(np.mean(values)) for name, values in scores.items()} | {
         "probe_distinct_2": distinct_n(captions, 2)
     }

@@ -1,5 +1,5 @@
-"""Retrieved context for prompts: for every item, the titles of its `context.docs` most related documents in the
-corpus (the non-held-out items, the item itself excluded), BM25 + dense retrieval of its content, fused. Caption
+"""Retrieved context for prompts: for every item, the references (titles) of its `context.docs` most related items in
+the corpus (the non-held-out items, the item itself excluded), BM25 + dense retrieval of its content, fused. Caption
 prompts show them as "Related bookmarks" (tasks/prompts.py), so annotation, response generation, training and the
 held-out evaluation all read the same context, and better retrieval can show up in the scoreboard.
 
@@ -22,7 +22,7 @@ from tasks.config import Settings
 from tasks.prompts import clip, item_content
 from tasks.rewrite.dmqr import build_pools
 from tasks.rewrite.rewrite import corpus_index
-from tasks.stage import StageContext, StageDef, StageOutput
+from tasks.stage import StageContext, StageDef, StageOutput, with_fields
 
 CONTEXTS = TableSpec(
     "contexts",
@@ -37,14 +37,14 @@ CONTEXTS = TableSpec(
 
 def run(ctx: StageContext) -> StageOutput:
     cfg = ctx.settings.context
-    items = ctx.read("ingest", "items")
+    items = with_fields(ctx.read("ingest", "items"))
     ids = list(items["item_id"])
     related, rewrites = [[] for _ in ids], 0.0
     if cfg.docs:
         pools, depth = query_pools(ctx, [item_content(item, ctx.settings.task) for item in items.to_dict("records")])
         related = corpus_index(ctx).search(pools, cfg.docs, cfg.rrf_k, exclude=ids, fusion=cfg.fusion, depth=depth)
         rewrites = sum(len(pool) - 1 for pool in pools) / max(len(pools), 1)
-    titles = dict(zip(items["item_id"], items[ctx.settings.task.reference]))
+    titles = dict(zip(items["item_id"], items["reference"]))
     contexts = pd.DataFrame(
         {"item_id": ids, "related": related, "related_titles": [[titles[d] for d in docs] for docs in related]}
     )
@@ -76,7 +76,6 @@ STAGE = StageDef(
         "data",
         "context",
         "task.content",
-        "task.reference",
         "task.max_field_chars",
         *(f"rewrite.{k}" for k in ("strategies", "adaptive", "sampling", "max_query_chars", "fusion_depth")),
     ),

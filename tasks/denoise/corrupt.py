@@ -30,8 +30,8 @@ def corrupt(
     kinds: tuple[str, ...] = EASY,
     neighbours: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """items: item_id, title, tags. `kinds` are drawn uniformly; `neighbours[i]` is the row of item i's nearest other
-    item (required for 'neighbour'). Returns item_id, annotation, corruption."""
+    """items: item_id, reference, tags. `kinds` are drawn uniformly; `neighbours[i]` is the row of item i's nearest
+    other item (required for 'neighbour'). Returns item_id, annotation, corruption."""
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"rate must be in [0, 1], got {rate}")
     unknown = set(kinds) - set(CORRUPTIONS)
@@ -40,7 +40,7 @@ def corrupt(
     if "neighbour" in kinds and (neighbours is None or len(neighbours) != len(items)):
         raise ValueError("the 'neighbour' corruption needs each item's nearest other item (neighbours)")
     rng = np.random.default_rng(seed)
-    titles, tags = list(items["title"]), sorted({t for row in items["tags"] for t in row})
+    titles, tags = list(items["reference"]), sorted({t for row in items["tags"] for t in row})
     annotations, corruptions = list(titles), [""] * len(titles)
     for index in rng.choice(len(titles), size=round(rate * len(titles)), replace=False):
         kind = kinds[rng.integers(len(kinds))]

@@ -149,7 +149,7 @@ def selection_quality(
         return {}
     by_id = items.set_index("item_id", drop=False)
     records, captions = [by_id.loc[i].to_dict() for i in ids], list(annotations["caption"])
-    quality = pd.Series([rouge_l(c, r[task.reference]) for c, r in zip(captions, records)], index=annotations.index)
+    quality = pd.Series([rouge_l(c, r["reference"]) for c, r in zip(captions, records)], index=annotations.index)
     nll = -annotations["mean_logprob"].to_numpy()
     picks = {"nll": best_per_item(ids, nll)}
     if consensus_picks is None:
@@ -180,7 +180,7 @@ def run(ctx: StageContext) -> StageOutput:
     if decision.noise_level is not None:
         metrics["noise_level"] = decision.noise_level
     if len(frame):
-        metrics |= dataset_quality(frame, outranked, items.set_index("item_id")[task.reference], task.metrics)
+        metrics |= dataset_quality(frame, outranked, items.set_index("item_id")["reference"], task.metrics)
         metrics |= selection_quality(annotations, items, task, ~outranked if cfg.select == "consensus" else None)
     summary = {"method": cfg.method, "gamma": decision.gamma, "min_weight": cfg.min_weight}
     return StageOutput({"denoised": frame}, rows_in=len(annotations), metrics=metrics, summary=summary)

@@ -1,7 +1,7 @@
 """Noise scores for any items file: `flywheel denoise score --items FILE --out FILE [--method M] [--score S]`.
 
 Input: JSONL in the project's item schema (tasks/ingest/ingest.py `ItemRecord`) with an optional `annotation` per
-line (default: the line's `title`). Each annotation is scored by the current `champion` given its item, through the
+line (default: the line's `reference`). Each annotation is scored by the current `champion` given its item, through the
 project store's LLM-call cache, and the chosen noise-control method decides (`denoise.score: fitted` fits on the
 project's human split: the first `denoise.trusted_items` human items of its data source). Output: JSONL with
 item_id, annotation, method, noise_score, threshold, kept, reason, plus the run's gamma and noise_level; lines that
@@ -21,6 +21,7 @@ from tasks.config import Denoise, Settings
 from tasks.denoise.denoise import decision_table, noise_decision
 from tasks.errors import InputError
 from tasks.ingest.ingest import ItemRecord, ingest_jsonl
+from tasks.stage import with_fields
 
 
 class AnnotatedItem(ItemRecord):
@@ -37,12 +38,12 @@ def score_file(
         raise InputError(f"{items_path}: no valid items ({len(rejects)} lines rejected)")
     chosen = {"method": method, "score": score}
     cfg = Denoise.model_validate(settings.denoise.model_dump() | {k: v for k, v in chosen.items() if v is not None})
-    items = pd.DataFrame(records)
+    items = with_fields(pd.DataFrame(records))
     annotations = pd.DataFrame(
         {
             "item_id": items["item_id"],
             "candidate": 0,
-            "caption": items["annotation"].fillna(items[settings.task.reference]),
+            "caption": items["annotation"].fillna(items["reference"]),
         }
     )
     from tasks.runner import cached_llm, register_base_model
@@ -72,7 +73,7 @@ def human_split(settings: Settings) -> pd.DataFrame:
 
     ingested = run_stage("ingest", settings, settings.turn)
     with Store.open(settings.path("store")) as store:
-        items = store.read("items", ingested.batch_id)
+        items = with_fields(store.read("items", ingested.batch_id))
     return items[items["split"] == "human"].head(settings.denoise.trusted_items).reset_index(drop=True)
 
 

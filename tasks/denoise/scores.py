@@ -60,7 +60,7 @@ def content_distance(captions: list[str], items: list[dict], task: Task) -> np.n
 
 def nearest_others(records: list[dict], task: Task) -> np.ndarray:
     """Each item's most similar other item (row index), by MiniLM over its content."""
-    vectors = embed([item_content(r, task) or r[task.reference] for r in records])
+    vectors = embed([item_content(r, task) or r["reference"] for r in records])
     closeness = vectors @ vectors.T
     np.fill_diagonal(closeness, -np.inf)
     return closeness.argmax(axis=1)
@@ -71,7 +71,7 @@ def trusted_pairs(human: pd.DataFrame, task: Task) -> tuple[list[str], list[dict
     is most similar to its own (wrong = 1)."""
     records = human.to_dict("records")
     nearest = nearest_others(records, task)
-    captions = [r[task.reference] for r in records] * 2
+    captions = [r["reference"] for r in records] * 2
     items = records + [records[j] for j in nearest]
     return captions, items, np.r_[np.zeros(len(records)), np.ones(len(records))]
 

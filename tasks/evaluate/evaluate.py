@@ -45,11 +45,11 @@ def score_captions(items: pd.DataFrame, llm, sampling: Sampling, task: Task, rol
     prompts = [prompt_messages(item, task) for item in items.to_dict("records")]
     generations = llm.generate(prompts, sampling, [0] * len(prompts), f"evaluate/{role}")
     captions = [task_output(g.text, task) for g in generations]
-    scores = reference_scores(captions, list(items[task.reference]), task.metrics)
+    scores = reference_scores(captions, list(items["reference"]), task.metrics)
     unscored = {name: None for name in REFERENCE_METRICS if name not in scores}
     return pd.DataFrame(
         {"item_id": items["item_id"], "role": role, "model": llm.model.label, "caption": captions, **scores}
-    ).assign(**unscored, reference=list(items[task.reference]))
+    ).assign(**unscored, reference=list(items["reference"]))
 
 
 def summarize(scoreboard: pd.DataFrame, task: Task, seed: int, resamples: int = 2000) -> dict[str, float]:

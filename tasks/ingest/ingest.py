@@ -1,12 +1,14 @@
-"""Ingest: raw items into the `items` table, each with its signals, its human reference and its split.
+"""Ingest: raw items into the `items` table, each with its named fields, its human reference and its split.
 
-Sources: the bundled Semanlink bookmarks (inside the `cherche==2.2.1` package, located with `find_spec` so the
-package itself is never imported) or any JSONL file in the item schema (`ItemRecord`). A bookmark is an item when it
-carries text to caption: the arXiv papers (abstract) and the documents whose curator comment is long enough. The
-human title is the reference. Splits are a seeded hash of the item id: stable when items are added, and the
-held-out split is never trained on.
+The item schema is task-neutral: an id, the human `reference` output, a mapping of named `fields` (text, or lists of
+text) the task's prompt and content name, and optional `tags`. Sources: the bundled Semanlink bookmarks (inside the
+`cherche==2.2.1` package, located with `find_spec` so the package itself is never imported: a bookmark is an item
+when it carries text to caption, the arXiv papers' abstract or a long enough curator comment; its title is the
+reference), the bundled QuaRTz science questions (tasks/ingest/quartz.py), or any JSONL file in the item schema
+(`ItemRecord`). Every field the task names must be present on the items, or the stage stops with the field named.
+Splits are a seeded hash of the item id: stable when items are added, and the held-out split is never trained on.
 
-Output columns (`items`): item_id, source, title, abstract, comment, tags, split.
+Output columns (`items`): item_id, source, reference, fields (a JSON object), tags, split.
 """
 
 from __future__ import annotations
@@ -16,47 +18,53 @@ import importlib.util
 import json
 import re
 from pathlib import Path
+from typing import Annotated
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from stores.schema import Column, TableSpec
 from tasks.errors import InputError
-from tasks.stage import StageContext, StageDef, StageOutput
+from tasks.ingest.quartz import ingest_quartz, quartz_file
+from tasks.stage import StageContext, StageDef, StageOutput, require_task_fields
 
 ITEMS = TableSpec(
     "items",
     (
         Column("item_id", "VARCHAR", min_length=1, max_length=200),
         Column("source", "VARCHAR", min_length=1),
-        Column("title", "VARCHAR", min_length=1, max_length=1000),
-        Column("abstract", "VARCHAR", max_length=100_000),
-        Column("comment", "VARCHAR", max_length=100_000),
+        Column("reference", "VARCHAR", min_length=1, max_length=1000),
+        Column("fields", "VARCHAR", min_length=2, max_length=400_000),  # JSON: {name: text or [text, ...]}
         Column("tags", "VARCHAR[]"),
         Column("split", "VARCHAR", min_length=4, max_length=7),
     ),
     key=("item_id",),
-    description="Items to annotate, with their signals, human reference title and split.",
+    description="Items to annotate, with their named fields, human reference and split.",
 )
+# names an item's fields cannot take: the item's own columns and the context stage's
+RESERVED = ("item_id", "source", "reference", "tags", "split", "context")
+FieldName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 SPLITS = ("train", "human", "heldout")
 _ARXIV_PREFIX = re.compile(r"^\[\d{4}\.\d{4,5}(v\d+)?\]\s*")
 
 
 class ItemRecord(BaseModel):
-    """One line of an items JSONL file."""
+    """One line of an items JSONL file: `{"item_id", "reference", "fields": {name: text or [text]}, "tags"?}`."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     item_id: str = Field(min_length=1, max_length=200)
-    title: str = Field(min_length=1, max_length=1000)
-    abstract: str = Field("", max_length=100_000)
-    comment: str = Field("", max_length=100_000)
+    reference: str = Field(min_length=1, max_length=1000)
+    fields: dict[FieldName, Annotated[str, Field(max_length=100_000)] | list[str]] = Field(min_length=1)
     tags: list[str] = []
     source: str = "jsonl"
 
     @model_validator(mode="after")
     def _has_text(self) -> ItemRecord:
-        if not (self.abstract or self.comment):
-            raise ValueError("an item needs text to caption: abstract or comment must be non-empty")
+        reserved = sorted(set(self.fields) & set(RESERVED))
+        if reserved:
+            raise ValueError(f"fields.{reserved[0]} is a reserved name (reserved: {', '.join(RESERVED)})")
+        if not any(self.fields.values()):
+            raise ValueError("an item needs text: every field is empty")
         return self
 
 
@@ -73,7 +81,8 @@ def semanlink_dir() -> Path:
 
 
 def ingest_semanlink(min_comment_chars: int, min_title_chars: int) -> tuple[list[dict], dict]:
-    """Bookmarks that carry text, as item records; returns (records, selection counts)."""
+    """Bookmarks that carry text, as item records (reference: the title; fields: abstract, comment); returns
+    (records, selection counts)."""
     folder = semanlink_dir()
     docs = json.loads((folder / "docs.json").read_text())
     arxiv = {doc["document"]: doc for doc in json.loads((folder / "arxiv.json").read_text())}
@@ -90,9 +99,8 @@ def ingest_semanlink(min_comment_chars: int, min_title_chars: int) -> tuple[list
             {
                 "item_id": "sl-" + hashlib.sha1(doc["document"].encode()).hexdigest()[:12],
                 "source": "semanlink-arxiv" if abstract else "semanlink-bookmark",
-                "title": title,
-                "abstract": " ".join(abstract.split()),
-                "comment": comment,
+                "reference": title,
+                "fields": {"abstract": " ".join(abstract.split()), "comment": comment},
                 "tags": [(tags.get(t, {}).get("prefLabel") or [t.rsplit("/", 1)[-1]])[0] for t in doc.get("tag", [])],
             }
         )
@@ -137,6 +145,8 @@ def run(ctx: StageContext) -> StageOutput:
     rejects: list[dict] = []
     if data.source == "semanlink":
         records, metrics = ingest_semanlink(data.min_comment_chars, data.min_title_chars)
+    elif data.source == "quartz":
+        records, metrics = ingest_quartz()
     else:
         path = source_path(ctx.settings.root, data.source)
         records, rejects = ingest_jsonl(path)
@@ -144,7 +154,9 @@ def run(ctx: StageContext) -> StageOutput:
         if not records:
             first = rejects[0]["reason"] if rejects else "the file is empty"
             raise InputError(f"{path}: no valid items ({len(rejects)} lines rejected; first: {first})")
+    require_task_fields({name for record in records for name in record["fields"]}, ctx.settings)
     frame = pd.DataFrame(records, columns=[c.name for c in ITEMS.columns if c.name != "split"])
+    frame["fields"] = [json.dumps(fields, ensure_ascii=False, sort_keys=True) for fields in frame["fields"]]
     frame["split"] = [
         assign_split(ctx.settings.seed, item_id, data.heldout_fraction, data.human_fraction)
         for item_id in frame["item_id"]
@@ -159,13 +171,14 @@ def run(ctx: StageContext) -> StageOutput:
 def source_path(root: Path, source: str) -> Path:
     path = (root / source).resolve()
     if not path.is_file():
-        raise InputError(f"data.source: {path} is not a file (use 'semanlink' for the bundled data)")
+        raise InputError(f"data.source: {path} is not a file (bundled data: 'semanlink' or 'quartz')")
     return path
 
 
 def source_fingerprint(root: Path, source: str) -> str:
     """Content hash of the raw input, so a changed file is a new batch."""
-    files = sorted(semanlink_dir().glob("*.json")) if source == "semanlink" else [source_path(root, source)]
+    bundled = {"semanlink": lambda: sorted(semanlink_dir().glob("*.json")), "quartz": lambda: [quartz_file()]}
+    files = bundled[source]() if source in bundled else [source_path(root, source)]
     digest = hashlib.sha256()
     for file in files:
         digest.update(file.read_bytes())

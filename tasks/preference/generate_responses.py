@@ -96,7 +96,7 @@ def human_responses(items: pd.DataFrame, task: Task) -> pd.DataFrame:
             "generator": HUMAN,
             "generator_version": 0,
             "response_idx": 0,
-            "text": human[task.reference].str.strip(),
+            "text": human["reference"].str.strip(),
         }
     )
 

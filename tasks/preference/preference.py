@@ -120,7 +120,7 @@ def collect_pairs(
     """Steps 3–4 on unscored responses: (scored + filtered responses, labelled pairs, labelling queue)."""
     indexed = items.set_index("item_id")
     if scorer.against == "reference":
-        targets = indexed[task.reference]
+        targets = indexed["reference"]
     else:
         targets = indexed.apply(lambda item: item_content(item.to_dict(), task), axis=1)
     scored = responses.reset_index(drop=True)

@@ -186,8 +186,8 @@ dpo = load_dataset("path/to/this/folder", "dpo")["train"]  # prompt, chosen, rej
 
 ## Task
 `{task.name}` (the `task` section of the params below): "{task.instruction}", from the item's \
-{", ".join(f"`{signal.field}`" for signal in task.signals)}; outputs are scored against its `{task.reference}`. The
-prompt column holds the exact messages the model was trained with.
+{", ".join(f"`{signal.field}`" for signal in task.signals)}; outputs ({task.output}) are scored against its human
+`reference` with {", ".join(task.metrics)}. The prompt column holds the exact messages the model was trained with.
 
 ## Source items
 `data.source: {source}`: {ingest.get("items_train", 0)} train, {ingest.get("items_human", 0)} human-titled and

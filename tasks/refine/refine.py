@@ -48,7 +48,7 @@ def refine_config(settings: Settings) -> Retrain:
 def run(ctx: StageContext) -> StageOutput:
     settings = ctx.settings
     human = ctx.turn_slice("human", settings.refine.items_per_turn)
-    examples = pd.DataFrame({"item_id": human["item_id"], "target": human[settings.task.reference]})
+    examples = pd.DataFrame({"item_id": human["item_id"], "target": human["reference"]})
     if human.empty or settings.refine.max_steps == 0:
         return StageOutput({"refinement_examples": examples}, rows_in=len(human), metrics={"examples": 0})
     phase = examples.assign(

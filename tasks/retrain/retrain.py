@@ -210,7 +210,7 @@ def training_data(ctx: StageContext) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
         {
             "item_id": human_items["item_id"],
             "candidate": 0,
-            "target": human_items[settings.task.reference],
+            "target": human_items["reference"],
             "kind": "sft-human",
         }
     )

@@ -26,10 +26,10 @@ import pandas as pd
 from stores.index import CorpusIndex
 from stores.schema import Column, TableSpec
 from tasks.llm.embeddings import embed
-from tasks.prompts import clip
+from tasks.prompts import clip, item_content
 from tasks.rewrite.dmqr import build_pools
 from tasks.rewrite.feedback import FEEDBACK, benchmark_index, collect_feedback, train_window
-from tasks.stage import StageContext, StageDef, StageOutput
+from tasks.stage import StageContext, StageDef, StageOutput, with_fields
 
 REWRITES = TableSpec(
     "rewrites",
@@ -62,9 +62,10 @@ def tag_precision(retrieved: list[str], query_tags: set[str], tags_by_id: dict[s
 
 
 def corpus_index(ctx: StageContext) -> CorpusIndex:
-    items = ctx.read("ingest", "items")
+    items = with_fields(ctx.read("ingest", "items"))
     corpus = items[items["split"] != "heldout"]
-    texts = [f"{t}. {a or c}" for t, a, c in zip(corpus["title"], corpus["abstract"], corpus["comment"])]
+    task = ctx.settings.task
+    texts = [f"{item['reference']}. {item_content(item, task)}" for item in corpus.to_dict("records")]
     return CorpusIndex(ctx.store.con, pd.DataFrame({"doc_id": corpus["item_id"], "text": texts}), embed)
 
 
@@ -73,7 +74,8 @@ def run(ctx: StageContext) -> StageOutput:
     items = ctx.read("ingest", "items")
     index = corpus_index(ctx)
     queries_items = ctx.turn_slice("train", cfg.queries_per_turn)
-    queries = [clip(a or c, cfg.max_query_chars) for a, c in zip(queries_items["abstract"], queries_items["comment"])]
+    task = ctx.settings.task
+    queries = [clip(item_content(item, task), cfg.max_query_chars) for item in queries_items.to_dict("records")]
     pools = build_pools(queries, ctx.llm, list(cfg.strategies), cfg.adaptive, cfg.sampling, cfg.max_query_chars)
     ids = list(queries_items["item_id"])
     search = dict(k=cfg.top_k, rrf_k=cfg.rrf_k, exclude=ids, fusion=cfg.fusion, depth=cfg.fusion_depth)
@@ -127,6 +129,7 @@ STAGE = StageDef(
     name="rewrite",
     outputs=(REWRITES, RETRIEVALS, FEEDBACK),
     upstream=("ingest",),
-    sections=("data", "rewrite", "rag_eval.heldout_fraction"),  # which benchmark queries feedback never trains on
+    # rag_eval.heldout_fraction: which benchmark queries feedback never trains on
+    sections=("data", "task.content", "rewrite", "rag_eval.heldout_fraction"),
     run=run,
 )

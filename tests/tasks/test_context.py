@@ -14,7 +14,7 @@ from tasks.runner import STAGES, run_stage
 def small_items(tiny_settings, tmp_path):
     records, _ = ingest_semanlink(200, 12)
     arxiv = [r for r in records if r["source"] == "semanlink-arxiv"][:8]
-    fields = ("item_id", "title", "abstract", "comment", "tags")
+    fields = ("item_id", "reference", "fields", "tags")
     (tmp_path / "items.jsonl").write_text("\n".join(json.dumps({k: r[k] for k in fields}) for r in arxiv))
     return tiny_settings.model_copy(update={"data": tiny_settings.data.model_copy(update={"source": "items.jsonl"})})
 

@@ -88,7 +88,7 @@ def test_the_corruptor_is_seeded_and_labels_what_it_did():
     items = pd.DataFrame(
         {
             "item_id": [f"i{n}" for n in range(50)],
-            "title": [f"A study of topic {n} with graph methods" for n in range(50)],
+            "reference": [f"A study of topic {n} with graph methods" for n in range(50)],
             "tags": [["nlp", "graphs"], ["vision"], ["kg", "rag", "llm"]] * 16 + [["x"], ["y"]],
         }
     )
@@ -96,16 +96,16 @@ def test_the_corruptor_is_seeded_and_labels_what_it_did():
     assert first.equals(again) and not first.equals(corrupt(items, 0.2, seed=4))
     changed = first["corruption"] != ""
     assert changed.sum() == 10
-    assert (first.loc[changed, "annotation"] != items.loc[changed, "title"]).all()
-    assert (first.loc[~changed, "annotation"] == items.loc[~changed, "title"]).all()
+    assert (first.loc[changed, "annotation"] != items.loc[changed, "reference"]).all()
+    assert (first.loc[~changed, "annotation"] == items.loc[~changed, "reference"]).all()
     truncated = first[first["corruption"] == "truncate"]
     for _, row in truncated.iterrows():
-        assert items.set_index("item_id").loc[row["item_id"], "title"].startswith(row["annotation"])
+        assert items.set_index("item_id").loc[row["item_id"], "reference"].startswith(row["annotation"])
 
 
 def test_hard_corruptions_stay_fluent_titles_and_are_wrong():
     titles = ["Graph neural networks for molecules", "BERT: pre-training of deep transformers", "Llama 2 explained"]
-    items = pd.DataFrame({"item_id": ["a", "b", "c"], "title": titles, "tags": [["x"], ["y"], ["z"]]})
+    items = pd.DataFrame({"item_id": ["a", "b", "c"], "reference": titles, "tags": [["x"], ["y"], ["z"]]})
     neighbours = np.array([1, 2, 0])
     swapped = corrupt(items, 1.0, seed=0, kinds=("neighbour",), neighbours=neighbours)
     assert list(swapped["annotation"]) == [titles[1], titles[2], titles[0]]
@@ -190,7 +190,7 @@ def test_each_turn_reports_what_every_best_of_n_pick_would_have_sent_on():
     items = pd.DataFrame(
         {
             "item_id": ["a", "b"],
-            "title": ["dense passage retrieval", "graph neural networks"],
+            "reference": ["dense passage retrieval", "graph neural networks"],
             "abstract": ["Dense passage retrieval for open-domain QA.", "Graph neural networks on molecules."],
         }
     )
@@ -234,12 +234,12 @@ def test_every_noise_score_runs_on_the_real_model_and_the_fitted_one_reports_its
     items = pd.DataFrame(
         {
             "item_id": [f"i{n}" for n in range(10)],
-            "title": [f"A survey of {topics[n % 5]} ({n})" for n in range(10)],
+            "reference": [f"A survey of {topics[n % 5]} ({n})" for n in range(10)],
             "abstract": [f"We review {topics[n % 5]}: methods, benchmarks and open problems." for n in range(10)],
         }
     )
     trusted, scored = items.iloc[:5], items.iloc[5:]
-    captions = list(scored["title"][:-1]) + [items["title"][0]]  # the last one belongs to another item
+    captions = list(scored["reference"][:-1]) + [items["reference"][0]]  # the last one belongs to another item
     annotations = pd.DataFrame({"item_id": scored["item_id"].values, "candidate": 0, "caption": captions})
     model = ModelRef("flywheel-policy", 1, "fingerprint-for-test", tmp_path)
     with Store.open(tmp_path / "s.duckdb") as store:
