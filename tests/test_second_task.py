@@ -60,9 +60,8 @@ def test_annotations_are_letters_and_preference_pairs_put_the_right_answer_first
 
 
 def test_mlflow_and_the_summary_show_the_tasks_metric(quartz_turn, capsys):
-    from mlflow import MlflowClient
-
     from flows.cli import main
+    from mlflow import MlflowClient
     from stores import tracking
 
     experiment = tracking.configure(quartz_turn.path("mlflow"), quartz_turn.experiment)
