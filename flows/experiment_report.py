@@ -1,10 +1,10 @@
 """The experiment's report: per turn and arm, the held-out scores of the arm's champion after that turn (turn 0: the
-base model) with paired bootstrap 95% intervals against the base model and against the baseline arm's champion at
-the same turn, the gate's decision, and the dataset-quality numbers (the probe annotated by that turn's annotator;
-the turn's annotations, all / kept / dropped by noise control, against the train items' human titles), and the
-candidate's held-out retrieval P@5 (adaptive DMQR and the original query, `rag_eval`). Written as
-Markdown + JSON + a curve plot under `data/experiments/<name>/`, and to MLflow: a parent run per experiment with a
-child run per arm whose metrics are logged at step = turn, so the UI draws every arm's curve.
+base model) on the task's metrics, with paired bootstrap 95% intervals against the base model and against the
+baseline arm's champion at the same turn, the gate's decision, and the dataset-quality numbers (the probe annotated
+by that turn's annotator; the turn's annotations, all / kept / dropped by noise control, against the train items'
+human references), and the candidate's held-out retrieval P@5 (adaptive DMQR and the original query, `rag_eval`).
+Written as Markdown + JSON + a curve plot under `data/experiments/<name>/`, and to MLflow: a parent run per
+experiment with a child run per arm whose metrics are logged at step = turn, so the UI draws every arm's curve.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from tasks.errors import FlywheelError  # noqa: E402
 from tasks.llm.cached import total_usage  # noqa: E402
 from tasks.metrics import paired_bootstrap  # noqa: E402
 
-METRICS = ("rouge_l", "minilm_sim")
 MLFLOW_EXPERIMENT = "flywheel-experiments"  # one parent run per experiment file name
-QUALITY = ("probe_rouge_l", "quality_all_rouge_l", "quality_kept_rouge_l", "quality_dropped_rouge_l")
+LABELS = {"rouge_l": "ROUGE-L", "minilm_sim": "MiniLM", "exact_match": "accuracy"}  # the report's column names
+GROUPS = ("all", "kept", "dropped")  # the turn's annotations, by noise control's decision
 
 
 @dataclass
@@ -39,21 +39,21 @@ class Report:
     plot_path: Path
 
 
-def champion_scores(turns: list[dict]) -> list[pd.DataFrame]:
+def champion_scores(turns: list[dict], metrics: tuple[str, ...]) -> list[pd.DataFrame]:
     """Per-item held-out scores of the champion after each turn; index 0 is the base model (turn 1's start)."""
     boards = [t["scoreboard"].set_index("item_id") for t in turns]
     scores = [boards[0][boards[0]["role"] == "start"]]
     for turn, board in zip(turns, boards):
         promoted = turn["stages"]["promote"]["summary"]["promoted"]
         scores.append(board[board["role"] == ("candidate" if promoted else "start")])
-    return [s[list(METRICS)].sort_index() for s in scores]
+    return [s[list(metrics)].sort_index() for s in scores]
 
 
 def compare(a: pd.DataFrame, b: pd.DataFrame, seed: int) -> dict[str, float]:
     """Paired mean difference a − b per metric with its bootstrap interval, over the items both scored."""
     shared = a.index.intersection(b.index)
     result = {}
-    for metric in METRICS:
+    for metric in a.columns:
         mean, low, high = paired_bootstrap((a.loc[shared, metric] - b.loc[shared, metric]).to_numpy(), seed)
         result |= {f"d_{metric}": mean, f"d_{metric}_low": low, f"d_{metric}_high": high}
     return result
@@ -61,13 +61,15 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, seed: int) -> dict[str, float]:
 
 def report_rows(spec: ExperimentSpec, arms: dict[str, Settings]) -> pd.DataFrame:
     turns = {arm: arm_turns(settings) for arm, settings in arms.items()}
-    scores = {arm: champion_scores(t) for arm, t in turns.items() if t}
-    seed = next(iter(arms.values())).seed
+    first = next(iter(arms.values()))
+    seed, metrics, primary = first.seed, first.task.metrics, first.promote.primary_metric
+    scores = {arm: champion_scores(t, metrics) for arm, t in turns.items() if t}
+    quality = (f"probe_{primary}", *(f"quality_{group}_{primary}" for group in GROUPS))
     rows = []
     for arm, by_turn in scores.items():
         for turn, champion in enumerate(by_turn):
             row = {"arm": arm, "turn": turn, "items": len(champion)}
-            row |= {metric: float(champion[metric].mean()) for metric in METRICS}
+            row |= {metric: float(champion[metric].mean()) for metric in metrics}
             row |= {f"vs_base_{k}": v for k, v in compare(champion, by_turn[0], seed).items()}
             baseline = scores.get(spec.baseline, [])
             if arm != spec.baseline and turn < len(baseline):
@@ -75,9 +77,9 @@ def report_rows(spec: ExperimentSpec, arms: dict[str, Settings]) -> pd.DataFrame
             if turn:
                 stages = turns[arm][turn - 1]["stages"]
                 row["promoted"] = bool(stages["promote"]["summary"]["promoted"])
-                row["candidate_rouge_l"] = stages["evaluate"]["metrics"]["candidate_rouge_l"]
+                row[f"candidate_{primary}"] = stages["evaluate"]["metrics"][f"candidate_{primary}"]
                 found = stages["annotate"]["metrics"] | stages["denoise"]["metrics"]
-                row |= {q: found.get(q) for q in QUALITY}
+                row |= {q: found.get(q) for q in quality}
                 row["dropped"] = stages["denoise"]["metrics"].get("dropped")
                 retrieval = stages.get("rag_eval", {}).get("metrics", {})  # none: skipped, or a turn before it
                 row |= {f"rag_{c}_p_at_5": retrieval.get(f"candidate_{c}_p_at_5") for c in ("adaptive", "original")}
@@ -99,12 +101,13 @@ def _number(value, digits: int = 3) -> str:
     return "" if value is None or pd.isna(value) else f"{value:.{digits}f}"
 
 
-def markdown(spec: ExperimentSpec, rows: pd.DataFrame) -> str:
+def markdown(spec: ExperimentSpec, rows: pd.DataFrame, metrics: tuple[str, ...], primary: str) -> str:
+    name = LABELS[primary]
     header = (
-        "| turn | arm | ROUGE-L | MiniLM | Δ ROUGE-L vs base [95% CI] | Δ ROUGE-L vs "
-        f"{spec.baseline} [95% CI] | Δ MiniLM vs {spec.baseline} [95% CI] | promoted | probe ROUGE-L | "
-        "annotations ROUGE-L all / kept / dropped | retrieval P@5 adaptive / original | tokens in / out (k) | "
-        "model s | s |"
+        f"| turn | arm | {' | '.join(LABELS[m] for m in metrics)} | Δ {name} vs base [95% CI] | "
+        + "".join(f"Δ {LABELS[m]} vs {spec.baseline} [95% CI] | " for m in (primary, *sorted(set(metrics) - {primary})))
+        + f"promoted | probe {name} | annotations {name} all / kept / dropped | retrieval P@5 adaptive / original | "
+        "tokens in / out (k) | model s | s |"
     )
     lines = [
         f"# Experiment `{spec.name}`: {rows['arm'].nunique()} arms × {int(rows['turn'].max())} turns",
@@ -116,18 +119,16 @@ def markdown(spec: ExperimentSpec, rows: pd.DataFrame) -> str:
         "|" + "---|" * (header.count("|") - 1),
     ]
     for _, row in rows.sort_values(["turn", "arm"]).iterrows():
-        quality = " / ".join(_number(row.get(f"quality_{g}_rouge_l")) for g in ("all", "kept", "dropped"))
+        quality = " / ".join(_number(row.get(f"quality_{g}_{primary}")) for g in GROUPS)
         promoted = "" if pd.isna(row.get("promoted")) else ("yes" if row["promoted"] else "no")
         cells = [
             str(int(row["turn"])),
             row["arm"],
-            _number(row["rouge_l"]),
-            _number(row["minilm_sim"]),
-            _interval(row, "vs_base", "rouge_l") if row["turn"] else "",
-            _interval(row, "vs_baseline", "rouge_l"),
-            _interval(row, "vs_baseline", "minilm_sim"),
+            *(_number(row[m]) for m in metrics),
+            _interval(row, "vs_base", primary) if row["turn"] else "",
+            *(_interval(row, "vs_baseline", m) for m in (primary, *sorted(set(metrics) - {primary}))),
             promoted,
-            _number(row.get("probe_rouge_l")),
+            _number(row.get(f"probe_{primary}")),
             quality if row["turn"] else "",
             " / ".join(_number(row.get(f"rag_{c}_p_at_5")) for c in ("adaptive", "original")) if row["turn"] else "",
             f"{_number(row.get('prompt_tokens', 0) / 1e3, 1)} / {_number(row.get('completion_tokens', 0) / 1e3, 1)}"
@@ -140,9 +141,9 @@ def markdown(spec: ExperimentSpec, rows: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(spec: ExperimentSpec, rows: pd.DataFrame, path: Path) -> None:
-    panels = (("rouge_l", "held-out ROUGE-L (champion)"), ("minilm_sim", "held-out MiniLM similarity"))
-    panels += (("probe_rouge_l", "probe annotation ROUGE-L (dataset quality)"),)
+def plot(spec: ExperimentSpec, rows: pd.DataFrame, path: Path, metrics: tuple[str, ...], primary: str) -> None:
+    panels = tuple((m, f"held-out {LABELS[m]} (champion)") for m in metrics)
+    panels += ((f"probe_{primary}", f"probe annotation {LABELS[primary]} (dataset quality)"),)
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
     for axis, (column, title) in zip(axes, panels):
         for arm, group in rows.groupby("arm"):
@@ -192,8 +193,9 @@ def write_report(spec: ExperimentSpec, arms: dict[str, Settings]) -> Report:
     folder = settings.root / "data" / "experiments" / spec.name
     folder.mkdir(parents=True, exist_ok=True)
     markdown_path, plot_path, json_path = folder / "report.md", folder / "curves.png", folder / "results.json"
-    markdown_path.write_text(markdown(spec, rows))
-    plot(spec, rows, plot_path)
+    metrics, primary = settings.task.metrics, settings.promote.primary_metric
+    markdown_path.write_text(markdown(spec, rows, metrics, primary))
+    plot(spec, rows, plot_path, metrics, primary)
     json_path.write_text(json.dumps(rows.to_dict("records"), indent=2, default=str) + "\n")
     log_to_mlflow(spec, rows, settings, [markdown_path, plot_path, json_path])
     return Report(rows, markdown_path, plot_path)
