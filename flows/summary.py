@@ -18,14 +18,15 @@ def _note(stage: str, m: dict, summary: dict) -> str:
             f"{m.get('items_train', 0)} train / {m.get('items_human', 0)} human / {m.get('items_heldout', 0)} held-out"
         )
     if stage == "context":
-        line = f"{int(m.get('docs_per_item', 0))} related documents per item in caption prompts"
+        line = f"{int(m.get('docs_per_item', 0))} related documents per item in prompts"
         return line + (
             f", {m['rewrites_per_query']:.2f} DMQR rewrites per query" if m.get("rewrites_per_query") else ""
         )
     if stage == "refine":
         if summary.get("refined_version") is None:
             return "no refinement: the turn's starting model annotates"
-        return f"v{summary['refined_version']}: {m.get('steps', 0)} SFT steps on {m.get('examples', 0)} human titles"
+        steps, examples = m.get("steps", 0), m.get("examples", 0)
+        return f"v{summary['refined_version']}: {steps} SFT steps on {examples} human references"
     if stage == "annotate":
         return f"mean token log-prob {m.get('mean_logprob', float('nan')):.2f}"
     if stage == "denoise":
@@ -69,8 +70,15 @@ def stage_line(result: dict) -> str:
     """The line printed as a stage finishes: its counts and time, then its key fact (the summary table's note)."""
     from tasks.runner import StageResult
 
-    note = "" if result["summary"].get("skipped") else _note(result["stage"], result["metrics"], result["summary"])
+    note = "" if result["summary"].get("skipped") else stage_note(result)
     return StageResult(**result).line() + (f"  {note}" if note else "")
+
+
+def stage_note(result: dict) -> str:
+    """A finished stage's key fact; a switched-off stage's is that it was skipped."""
+    if result["summary"].get("skipped"):
+        return "skipped"
+    return _note(result["stage"], result["metrics"], result["summary"])
 
 
 def model_work_table(results: list[dict]) -> Table:
@@ -135,7 +143,7 @@ def print_turn(
             str(r["quarantined"]),
             seconds,
             str(r["llm_calls"]),
-            _note(r["stage"], r["metrics"], r["summary"]),
+            stage_note(r),
         )
     console.print(stages)
     if any(r["summary"].get("usage") for r in results):  # turns recorded before the accounting have none

@@ -396,7 +396,8 @@ class Promote(Strict):
     primary_metric: MetricName = "rouge_l"  # one of task.metrics; the others' intervals are guards
     min_delta: float = Field(0.0, ge=0.0)  # the candidate must beat the champion by more than this
     evidence: Literal["ci_low", "point"] = "ci_low"  # compare min_delta with the CI's lower bound or the mean delta
-    max_diversity_drop: float = Field(0.1, ge=0.0, le=1.0)  # held-out distinct-2 may fall by at most this fraction
+    # held-out distinct-2 (a choice task: answer entropy) may fall by at most this fraction
+    max_diversity_drop: float = Field(0.1, ge=0.0, le=1.0)
     # candidate mean output length / the human references' must stay inside, or at least move towards 1
     length_band: tuple[float, float] = (0.67, 1.5)
     secondary_must_hold: bool = True  # the other metrics' CIs must not lie wholly below zero

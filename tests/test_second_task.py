@@ -42,7 +42,8 @@ def test_the_scoreboard_is_accuracy_and_the_gate_reads_it(quartz_turn):
     assert promotion["metric"] == "exact_match"
     candidate = board[board["role"] == "candidate"]["exact_match"].mean()
     assert promotion["candidate_score"] == pytest.approx(candidate)
-    assert "delta_exact_match_ci_low" in promotion["guards"] and "distinct_2" not in promotion["guards"]
+    assert "delta_exact_match_ci_low" in promotion["guards"] and "answer_entropy" in promotion["guards"]
+    assert "distinct_2" not in promotion["guards"] and "length_ratio" not in promotion["guards"]
 
 
 def test_annotations_are_letters_and_preference_pairs_put_the_right_answer_first(quartz_turn):

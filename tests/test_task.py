@@ -133,7 +133,12 @@ def test_a_choice_scoreboard_is_accuracy_and_the_gate_guards_no_phrasing():
     assert summary["start_exact_match"] == 0.25 and summary["candidate_exact_match"] == 0.75
     assert summary["delta_exact_match"] == 0.5 and "start_distinct_2" not in summary
     settings = Settings(task=CHOICE, promote={"primary_metric": "exact_match"})
-    assert set(guards(summary, settings.promote)) == {"delta_exact_match_ci_low"}
+    checks = guards(summary, settings.promote)
+    assert set(checks) == {"delta_exact_match_ci_low", "answer_entropy"}  # no phrasing or length to guard
+    assert summary["start_answer_entropy"] == 0.0 and checks["answer_entropy"]["passed"]  # it answers both now
+    collapsed = summarize(board.assign(caption=["A", "B", "A", "B"] + ["B"] * 4), CHOICE, seed=0, resamples=200)
+    assert collapsed["start_answer_entropy"] == 1.0 and collapsed["candidate_answer_entropy"] == 0.0
+    assert not guards(collapsed, settings.promote)["answer_entropy"]["passed"]  # one letter for everything
 
 
 def test_a_verifiable_task_prefers_the_correct_answer():

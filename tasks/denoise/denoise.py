@@ -38,7 +38,7 @@ from tasks.config import Denoise, Task  # noqa: E402
 from tasks.denoise.methods import Decision, best_per_item, consensus, decide, mean_nll, with_outranked  # noqa: E402
 from tasks.denoise.scores import content_distance, features, fit_trusted, noise_scores, token_logprobs, trusted_pairs  # noqa: E402
 from tasks.errors import InputError  # noqa: E402
-from tasks.metrics import distinct_n, reference_scores, rouge_l  # noqa: E402
+from tasks.metrics import REFERENCE_METRICS, distinct_n, reference_scores  # noqa: E402
 from tasks.stage import StageContext, StageDef, StageOutput  # noqa: E402
 
 DENOISED = TableSpec(
@@ -140,7 +140,8 @@ def dataset_quality(
 def selection_quality(
     annotations: pd.DataFrame, items: pd.DataFrame, task: Task, consensus_picks: np.ndarray | None = None
 ) -> dict[str, float]:
-    """What each best-of-n pick would have sent on, scored against the human references (ROUGE-L), whichever
+    """What each best-of-n pick would have sent on, scored against the human references (exact match where the task
+    is scored on it, else ROUGE-L: string metrics, cheap on every candidate), whichever
     `denoise.select` the turn uses: the lowest generation NLL, the consensus pick (`consensus_picks` where the turn
     already made it), and a random candidate (the mean over each item's candidates). Nothing with one candidate per
     item."""
@@ -149,14 +150,16 @@ def selection_quality(
         return {}
     by_id = items.set_index("item_id", drop=False)
     records, captions = [by_id.loc[i].to_dict() for i in ids], list(annotations["caption"])
-    quality = pd.Series([rouge_l(c, r["reference"]) for c, r in zip(captions, records)], index=annotations.index)
+    metric = "exact_match" if "exact_match" in task.metrics else "rouge_l"
+    scores = REFERENCE_METRICS[metric](captions, [r["reference"] for r in records])
+    quality = pd.Series(scores, index=annotations.index)
     nll = -annotations["mean_logprob"].to_numpy()
     picks = {"nll": best_per_item(ids, nll)}
     if consensus_picks is None:
         consensus_picks = best_per_item(ids, consensus(ids, captions, nll, content_distance(captions, records, task)))
     picks["consensus"] = consensus_picks
-    metrics = {f"quality_pick_{name}_rouge_l": float(quality[mask].mean()) for name, mask in picks.items()}
-    metrics["quality_pick_random_rouge_l"] = float(quality.groupby(ids.values).mean().mean())
+    metrics = {f"quality_pick_{name}_{metric}": float(quality[mask].mean()) for name, mask in picks.items()}
+    metrics[f"quality_pick_random_{metric}"] = float(quality.groupby(ids.values).mean().mean())
     return metrics
 
 

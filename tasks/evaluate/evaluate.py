@@ -20,7 +20,14 @@ import pandas as pd  # noqa: E402
 
 from stores.schema import Column, TableSpec  # noqa: E402
 from tasks.config import Sampling, Task  # noqa: E402
-from tasks.metrics import REFERENCE_METRICS, distinct_n, mean_words, paired_bootstrap, reference_scores  # noqa: E402
+from tasks.metrics import (  # noqa: E402
+    REFERENCE_METRICS,
+    answer_entropy,
+    distinct_n,
+    mean_words,
+    paired_bootstrap,
+    reference_scores,
+)
 from tasks.prompts import prompt_messages, task_output  # noqa: E402
 from tasks.stage import StageContext, StageDef, StageOutput  # noqa: E402
 
@@ -53,9 +60,9 @@ def score_captions(items: pd.DataFrame, llm, sampling: Sampling, task: Task, rol
 
 
 def summarize(scoreboard: pd.DataFrame, task: Task, seed: int, resamples: int = 2000) -> dict[str, float]:
-    """Per role: mean of each of the task's metrics; for free text, distinct-2 and mean words of the outputs (a
-    choice has no phrasing to collapse); candidate − start delta of each metric with its paired bootstrap 95%
-    interval."""
+    """Per role: mean of each of the task's metrics; for free text, distinct-2 and mean words of the outputs, for a
+    choice task the answers' entropy over the choices (the references' too); candidate − start delta of each metric
+    with its paired bootstrap 95% interval."""
     start = scoreboard[scoreboard["role"] == "start"].set_index("item_id").sort_index()
     candidate = scoreboard[scoreboard["role"] == "candidate"].set_index("item_id").loc[start.index]
     result = {"items": float(len(start))}
@@ -65,6 +72,11 @@ def summarize(scoreboard: pd.DataFrame, task: Task, seed: int, resamples: int = 
         for role, board in (("start", start), ("candidate", candidate)):
             captions = list(board["caption"].fillna(""))
             result |= {f"{role}_distinct_2": distinct_n(captions, 2), f"{role}_mean_words": mean_words(captions)}
+    else:
+        if "reference" in start:
+            result["reference_answer_entropy"] = answer_entropy(list(start["reference"]), task.choices)
+        for role, board in (("start", start), ("candidate", candidate)):
+            result[f"{role}_answer_entropy"] = answer_entropy(list(board["caption"].fillna("")), task.choices)
     for metric in task.metrics:
         diff = candidate[metric].to_numpy() - start[metric].to_numpy()
         mean, low, high = paired_bootstrap(diff, seed, resamples)

@@ -1,10 +1,11 @@
 """Promotion gate: the candidate becomes `champion` only on evidence that it beats the turn's starting model on the
 held-out primary metric: by default the lower end of the paired bootstrap 95% interval of the delta must exceed
 `promote.min_delta` (`evidence: point` compares the mean delta instead). Guardrails known to bite self-training
-loops must hold too: held-out output diversity (distinct-2) may not fall by more than `max_diversity_drop`, the mean
+loops must hold too: held-out output diversity (distinct-2; a choice task's answer entropy, so a candidate that
+answers one letter for everything is refused) may not fall by more than `max_diversity_drop`, the mean
 output length must stay inside `length_band` of the human references' mean length or move towards it (length
 exploitation drifts away from it; a model learning human-length titles moves towards it), and each other metric the
-task is scored on must not have its interval lie wholly below zero (a choice task has no phrasing or length to
+task is scored on must not have its interval lie wholly below zero (a choice task's answers have no length to
 guard). Every guard's value and verdict is recorded (table + MLflow).
 The alias only ever points at a complete model folder (weights verified against the registered fingerprint).
 If the champion moved while this turn ran, nothing is promoted: the comparison would be against a stale model.
@@ -61,6 +62,10 @@ def guards(metrics: dict[str, float], cfg: Promote) -> dict[str, dict]:
         towards = abs(np.log(max(ratio, 1e-9))) <= abs(np.log(max(before, 1e-9)))
         bound = f"[{low}, {high}] or closer to 1 than {before:.2f}"
         checks["length_ratio"] = (ratio, bound, low <= ratio <= high or towards)
+    if "start_answer_entropy" in metrics:
+        floor = (1 - cfg.max_diversity_drop) * metrics["start_answer_entropy"]
+        entropy = metrics["candidate_answer_entropy"]
+        checks["answer_entropy"] = (entropy, floor, entropy >= floor)
     for secondary in secondaries if cfg.secondary_must_hold else ():
         high_end = metrics[f"delta_{secondary}_ci_high"]
         checks[f"{secondary}_ci_high"] = (high_end, 0.0, high_end >= 0.0)
