@@ -56,12 +56,14 @@ def distinct_n(texts: list[str], n: int = 2) -> float:
 
 
 def answer_entropy(answers: list[str], choices: tuple[str, ...]) -> float:
-    """Entropy of the answers' distribution over the choices (an empty answer is one more outcome), in units of the
-    uniform distribution's: 1.0 is every choice equally often, 0.0 one answer for everything, the collapse a
-    self-training loop on its own majority answer drifts into."""
-    counts = np.array([answers.count(choice) for choice in (*choices, "")], dtype=float)
-    shares = counts[counts > 0] / max(counts.sum(), 1.0)
-    return float(-(shares * np.log(shares)).sum() / np.log(len(choices))) if len(answers) else 0.0
+    """Entropy of the given answers' distribution over the choices, in units of the uniform distribution's: 1.0 is
+    every choice equally often, 0.0 one answer for everything (or none given), the collapse a self-training loop on
+    its own majority answer drifts into."""
+    counts = np.array([answers.count(choice) for choice in choices], dtype=float)
+    if counts.sum() == 0:
+        return 0.0
+    shares = counts[counts > 0] / counts.sum()
+    return float(-(shares * np.log(shares)).sum() / np.log(len(choices))) + 0.0  # + 0.0: never -0.0
 
 
 def mean_words(texts: list[str]) -> float:

@@ -74,7 +74,8 @@ def guards(metrics: dict[str, float], cfg: Promote) -> dict[str, dict]:
 
 def decide(metrics: dict[str, float], cfg: Promote) -> tuple[bool, str, dict[str, dict]]:
     checks = guards(metrics, cfg)
-    failed = [f"{name} {c['value']:.4f} (bound {c['bound']})" for name, c in checks.items() if not c["passed"]]
+    bound = lambda b: f"{b:.4f}" if isinstance(b, float) else b  # noqa: E731
+    failed = [f"{name} {c['value']:.4f} (bound {bound(c['bound'])})" for name, c in checks.items() if not c["passed"]]
     delta = metrics[f"delta_{cfg.primary_metric}"]
     low, high = metrics[f"delta_{cfg.primary_metric}_ci_low"], metrics[f"delta_{cfg.primary_metric}_ci_high"]
     evidence = f"delta {delta:+.4f} [{low:+.4f}, {high:+.4f}]"
