@@ -119,10 +119,19 @@ class Store:
         self.con.execute("COMMIT")
 
     def ensure(self, spec: TableSpec) -> None:
-        """Create the table, or add the columns a newer declaration has to a table an older version made."""
+        """Create the table, or add the columns a newer declaration has to a table an older version made. A table
+        whose required columns the declaration no longer has cannot take new rows: that is an error naming them."""
         self.con.execute(spec.ddl())
-        query = "SELECT column_name FROM information_schema.columns WHERE table_name = ?"
-        present = {row[0] for row in self.con.execute(query, [spec.name]).fetchall()}
+        query = "SELECT column_name, is_nullable FROM information_schema.columns WHERE table_name = ?"
+        found = self.con.execute(query, [spec.name]).fetchall()
+        present = {name for name, _ in found}
+        declared = {column.name for column in spec.all_columns}
+        dropped = sorted(name for name, nullable in found if nullable == "NO" and name not in declared)
+        if dropped:
+            raise StoreError(
+                f"{self.path}: table {spec.name} was written by an older flywheel (its columns {', '.join(dropped)} "
+                "are gone from the schema); point paths.store at a new file, or move this one aside"
+            )
         for column in spec.all_columns:
             if column.name not in present:
                 self.con.execute(f"ALTER TABLE {spec.name} ADD COLUMN {column.name} {column.sql_type}")

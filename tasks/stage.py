@@ -147,7 +147,8 @@ def with_fields(items: pd.DataFrame) -> pd.DataFrame:
     """Items with each of their named fields (the `fields` JSON object) as a column of its own, the way stages read
     them (`item["abstract"]`); a field an item lacks is None."""
     if "fields" not in items:
-        return items
+        columns = ", ".join(items.columns)
+        raise InputError(f"items with columns {columns} and no fields (an older flywheel's store?): use a new store")
     fields = [json.loads(value) if isinstance(value, str) else dict(value) for value in items["fields"]]
     names = list(dict.fromkeys(name for row in fields for name in row))
     columns = {name: [row.get(name) for row in fields] for name in names}

@@ -77,3 +77,14 @@ def test_cache_round_trip(tmp_path):
         cache.put_many("generate", "fp", "v1", [("k1", {"prompt": "p"}, {"text": "other"})])
         assert cache.get_many(["k1", "k2"]) == {"k1": {"text": "t"}}
         assert cache.count() == 1
+
+
+def test_a_table_an_older_schema_wrote_is_refused_with_its_columns_named(tmp_path):
+    from stores.errors import StoreError
+    from tasks.ingest.ingest import ITEMS
+
+    with Store.open(tmp_path / "old.duckdb") as store:
+        store.con.execute("CREATE TABLE items (item_id VARCHAR NOT NULL, title VARCHAR NOT NULL, batch_id VARCHAR)")
+        with pytest.raises(StoreError, match=r"old.duckdb: table items was written by an older flywheel \(its "
+                           r"columns title are gone"):  # fmt: skip
+            store.ensure(ITEMS)
