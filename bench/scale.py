@@ -39,7 +39,7 @@ def write_items(path: Path, count: int, seed: int) -> None:
                 continue
             item_id = f"it-{rng.randrange(number)}" if number and rng.random() < 0.02 else f"it-{number}"
             words = rng.choices(WORDS, k=60)
-            fields = {"abstract": " ".join(words)}
+            fields = {"abstract": " ".join(words), "comment": ""}  # every field the caption task names
             item = {"item_id": item_id, "reference": " ".join(words[:8]), "fields": fields, "tags": words[:3]}
             out.write(json.dumps(item) + "\n")
 
