@@ -91,7 +91,7 @@ def test_denoise_score_on_any_items_file(tmp_path, capsys):
     assert [r["item_id"] for r in scored if not r["kept"]] == [noisiest["item_id"]]  # small_loss drops the top 20%
     assert "threshold" in noisiest["reason"]
     [reject] = [json.loads(line) for line in out.with_suffix(".rejects.jsonl").read_text().splitlines()]
-    assert "items.jsonl line 5" in reject["reason"] and "field title" in reject["reason"]
+    assert "items.jsonl line 5" in reject["reason"] and "field reference" in reject["reason"]
 
     params = write_params(tmp_path, {"denoise": {"trusted_items": 6}})  # the fit's trusted pairs: the project's own
     assert (
