@@ -103,9 +103,10 @@ def _number(value, digits: int = 3) -> str:
 
 def markdown(spec: ExperimentSpec, rows: pd.DataFrame, metrics: tuple[str, ...], primary: str) -> str:
     name = LABELS[primary]
+    against_baseline = (primary, *sorted(set(metrics) - {primary}))  # the gate's metric first
     header = (
         f"| turn | arm | {' | '.join(LABELS[m] for m in metrics)} | Δ {name} vs base [95% CI] | "
-        + "".join(f"Δ {LABELS[m]} vs {spec.baseline} [95% CI] | " for m in (primary, *sorted(set(metrics) - {primary})))
+        + "".join(f"Δ {LABELS[m]} vs {spec.baseline} [95% CI] | " for m in against_baseline)
         + f"promoted | probe {name} | annotations {name} all / kept / dropped | retrieval P@5 adaptive / original | "
         "tokens in / out (k) | model s | s |"
     )
@@ -126,7 +127,7 @@ def markdown(spec: ExperimentSpec, rows: pd.DataFrame, metrics: tuple[str, ...],
             row["arm"],
             *(_number(row[m]) for m in metrics),
             _interval(row, "vs_base", primary) if row["turn"] else "",
-            *(_interval(row, "vs_baseline", m) for m in (primary, *sorted(set(metrics) - {primary}))),
+            *(_interval(row, "vs_baseline", m) for m in against_baseline),
             promoted,
             _number(row.get(f"probe_{primary}")),
             quality if row["turn"] else "",

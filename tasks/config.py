@@ -95,7 +95,8 @@ class Data(Strict):
 # A field a task can name: one of the items' named fields (tasks/ingest/ingest.py; ingest and every stage check the
 # items have it), `tags`, or `context` (the related items' references the context stage adds). Never `reference`:
 # the human output is what the model's output is scored against, and a prompt that showed it would teach copying.
-ItemField = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+FIELD_NAME = r"[a-z][a-z0-9_]*"
+ItemField = Annotated[str, Field(pattern=f"^{FIELD_NAME}$", max_length=64)]
 
 
 def _template(text: str) -> str:
@@ -107,7 +108,7 @@ def _template(text: str) -> str:
     except ValueError as error:
         raise ValueError(f"not a valid template ({error}); write a literal brace as {{{{ or }}}}") from None
     for name in sorted(names):
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        if not re.fullmatch(FIELD_NAME, name):
             raise ValueError(f"placeholder {{{name}}} is not a field name (lower case, digits, _)")
         if name == "reference":
             raise ValueError("placeholder {reference}: the reference is never shown in the prompt")

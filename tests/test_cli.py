@@ -40,28 +40,15 @@ def test_denoise_score_on_any_items_file(tmp_path, capsys):
     import json
 
     rows = [
-        {
-            "item_id": "a",
-            "reference": "Graph neural networks: a practical guide",
-            "fields": {"abstract": "A tutorial on GNNs."},
-        },
-        {
-            "item_id": "b",
-            "reference": "Knowledge graphs from language models",
-            "fields": {"comment": "LMs as open KGs."},
-            "annotation": "zebra, marmalade, quantum",
-        },
-        {
-            "item_id": "c",
-            "reference": "Sentence embeddings for retrieval",
-            "fields": {"comment": "Dense retrieval with SBERT."},
-        },
-        {
-            "item_id": "d",
-            "reference": "Weak supervision at industrial scale",
-            "fields": {"abstract": "Snorkel DryBell."},
-        },
+        {"item_id": item_id, "reference": reference, "fields": {field: text}}
+        for item_id, reference, field, text in [
+            ("a", "Graph neural networks: a practical guide", "abstract", "A tutorial on GNNs."),
+            ("b", "Knowledge graphs from language models", "comment", "LMs as open KGs."),
+            ("c", "Sentence embeddings for retrieval", "comment", "Dense retrieval with SBERT."),
+            ("d", "Weak supervision at industrial scale", "abstract", "Snorkel DryBell."),
+        ]
     ]
+    rows[1]["annotation"] = "zebra, marmalade, quantum"
     items = tmp_path / "items.jsonl"
     items.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"item_id": "e"}\n')
     out = tmp_path / "scored.jsonl"

@@ -66,17 +66,11 @@ def summarize(scoreboard: pd.DataFrame, task: Task, seed: int, resamples: int = 
     start = scoreboard[scoreboard["role"] == "start"].set_index("item_id").sort_index()
     candidate = scoreboard[scoreboard["role"] == "candidate"].set_index("item_id").loc[start.index]
     result = {"items": float(len(start))}
-    if task.output == "line":
-        if "reference" in start:
-            result["reference_mean_words"] = mean_words(list(start["reference"]))
-        for role, board in (("start", start), ("candidate", candidate)):
-            captions = list(board["caption"].fillna(""))
-            result |= {f"{role}_distinct_2": distinct_n(captions, 2), f"{role}_mean_words": mean_words(captions)}
-    else:
-        if "reference" in start:
-            result["reference_answer_entropy"] = answer_entropy(list(start["reference"]), task.choices)
-        for role, board in (("start", start), ("candidate", candidate)):
-            result[f"{role}_answer_entropy"] = answer_entropy(list(board["caption"].fillna("")), task.choices)
+    if "reference" in start:  # what the gate holds the outputs' length (free text) or balance (choice) against
+        key = "mean_words" if task.output == "line" else "answer_entropy"
+        result[f"reference_{key}"] = output_measures(list(start["reference"]), task)[key]
+    for role, board in (("start", start), ("candidate", candidate)):
+        result |= {f"{role}_{k}": v for k, v in output_measures(list(board["caption"].fillna("")), task).items()}
     for metric in task.metrics:
         diff = candidate[metric].to_numpy() - start[metric].to_numpy()
         mean, low, high = paired_bootstrap(diff, seed, resamples)
@@ -88,6 +82,14 @@ def summarize(scoreboard: pd.DataFrame, task: Task, seed: int, resamples: int = 
             f"delta_{metric}_ci_high": high,
         }
     return result
+
+
+def output_measures(outputs: list[str], task: Task) -> dict[str, float]:
+    """What the gate guards against collapse: distinct-2 and mean words of free text, a choice task's answer entropy
+    (a letter has no phrasing or length)."""
+    if task.output == "choice":
+        return {"answer_entropy": answer_entropy(outputs, task.choices)}
+    return {"distinct_2": distinct_n(outputs, 2), "mean_words": mean_words(outputs)}
 
 
 def chart(summary: dict[str, float], metrics: tuple[str, ...], start_label: str, candidate_label: str):

@@ -24,6 +24,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from stores.schema import Column, TableSpec
+from tasks.config import ItemField
 from tasks.errors import InputError
 from tasks.ingest.quartz import ingest_quartz, quartz_file
 from tasks.stage import StageContext, StageDef, StageOutput, require_task_fields
@@ -43,7 +44,6 @@ ITEMS = TableSpec(
 )
 # names an item's fields cannot take: the item's own columns and the context stage's
 RESERVED = ("item_id", "source", "reference", "tags", "split", "context")
-FieldName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 SPLITS = ("train", "human", "heldout")
 _ARXIV_PREFIX = re.compile(r"^\[\d{4}\.\d{4,5}(v\d+)?\]\s*")
 
@@ -54,7 +54,7 @@ class ItemRecord(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     item_id: str = Field(min_length=1, max_length=200)
     reference: str = Field(min_length=1, max_length=1000)
-    fields: dict[FieldName, Annotated[str, Field(max_length=100_000)] | list[str]] = Field(min_length=1)
+    fields: dict[ItemField, Annotated[str, Field(max_length=100_000)] | list[str]] = Field(min_length=1)
     tags: list[str] = []
     source: str = "jsonl"
 

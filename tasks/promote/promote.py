@@ -53,19 +53,18 @@ def guards(metrics: dict[str, float], cfg: Promote) -> dict[str, dict]:
     secondaries = [m for m in REFERENCE_METRICS if m != primary and f"delta_{m}_ci_high" in metrics]
     name = f"delta_{primary}_ci_low" if cfg.evidence == "ci_low" else f"delta_{primary}"
     checks = {name: (metrics[name], cfg.min_delta, metrics[name] > cfg.min_delta)}
-    if "start_distinct_2" in metrics:
-        floor = (1 - cfg.max_diversity_drop) * metrics["start_distinct_2"]
-        checks["distinct_2"] = (metrics["candidate_distinct_2"], floor, metrics["candidate_distinct_2"] >= floor)
+    for diversity in ("distinct_2", "answer_entropy"):  # free text's, a choice task's (the scoreboard has one)
+        if f"start_{diversity}" in metrics:
+            floor = (1 - cfg.max_diversity_drop) * metrics[f"start_{diversity}"]
+            value = metrics[f"candidate_{diversity}"]
+            checks[diversity] = (value, floor, value >= floor)
+    if "start_mean_words" in metrics:
         reference = max(metrics["reference_mean_words"], 1e-9)
         ratio, before = metrics["candidate_mean_words"] / reference, metrics["start_mean_words"] / reference
         low, high = cfg.length_band
         towards = abs(np.log(max(ratio, 1e-9))) <= abs(np.log(max(before, 1e-9)))
         bound = f"[{low}, {high}] or closer to 1 than {before:.2f}"
         checks["length_ratio"] = (ratio, bound, low <= ratio <= high or towards)
-    if "start_answer_entropy" in metrics:
-        floor = (1 - cfg.max_diversity_drop) * metrics["start_answer_entropy"]
-        entropy = metrics["candidate_answer_entropy"]
-        checks["answer_entropy"] = (entropy, floor, entropy >= floor)
     for secondary in secondaries if cfg.secondary_must_hold else ():
         high_end = metrics[f"delta_{secondary}_ci_high"]
         checks[f"{secondary}_ci_high"] = (high_end, 0.0, high_end >= 0.0)
