@@ -10,7 +10,8 @@ pairs of the other half of the human split) and the precision/recall of what it 
 Downstream: the refined model is trained on a set with all five kinds of noise (rate --downstream-rate) with each
 method, same steps and seed, and captions the held-out items; ROUGE-L and MiniLM similarity to the human titles.
 
-Run: .venv/bin/python bench/noise_control.py [--items 200] [--rates 0.1 0.2 0.4] [--steps 12] [--heldout 32]
+Run: .venv/bin/python bench/noise_control.py [--items 200] [--offset 0] [--rates 0.1 0.2 0.4] [--steps 12]
+     [--heldout 32]
 Prints the tables, writes bench/results/noise_control.json and logs a run to the MLflow experiment flywheel-bench.
 Model calls go through an LLM-call cache in .cache/bench/, so a rerun only retrains.
 """
@@ -38,6 +39,7 @@ from bench.common import bench_splits, fine_tuned, log_bench_run  # noqa: E402
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=200, help="corrupted train items scored for detection")
+    parser.add_argument("--offset", type=int, default=0, help="train items skipped first (a slice not tuned on)")
     parser.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.2, 0.4])
     parser.add_argument("--trusted-items", type=int, default=None, help="human items for the trusted fit (all)")
     parser.add_argument("--refine-steps", type=int, default=16, help="SFT steps of v1 on the human split")
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
     work = REPO / ".cache" / "bench"
     work.mkdir(parents=True, exist_ok=True)
     splits = bench_splits(settings)
-    items, human, heldout = splits["train"].head(args.items), splits["human"], splits["heldout"].head(args.heldout)
+    items = splits["train"].iloc[args.offset : args.offset + args.items].reset_index(drop=True)
+    human, heldout = splits["human"], splits["heldout"].head(args.heldout)
     gguf = packaged_gguf(settings.model.gguf_package, settings.model.gguf_file)
     base_path = convert_gguf(gguf, work.parent / "models")
     refine_split, trusted_split = _halves(human)
@@ -123,11 +126,11 @@ def _detection(items, human, models, llm, settings, rates) -> list[dict]:
     from tasks.denoise.scores import SCORES, features, fit_trusted, nearest_others, noise_scores, trusted_pairs
 
     nearest = nearest_others(items.to_dict("records"), settings.task)
-    captions, trusted_items, wrong = trusted_pairs(human, settings.task)
+    captions, trusted_items, kind = trusted_pairs(human, items, settings.task, settings.seed)
     rows = []
     for name, model in models.items():
         trusted = features(captions, trusted_items, llm(model), settings.task)
-        fit = fit_trusted(trusted, wrong, settings.seed)
+        fit = fit_trusted(trusted, kind, settings.seed)
         for group, kinds in KIND_GROUPS.items():
             for rate in rates:
                 annotations = corrupt(items, rate, settings.seed, kinds, nearest)
@@ -179,8 +182,8 @@ def _downstream(items, human, heldout, model, llm, settings, args) -> list[dict]
     annotations = corrupt(subset, args.downstream_rate, settings.seed, CORRUPTIONS, nearest)
     frame = _features(annotations, subset, llm(model), settings)
     logprobs = list(frame["logprobs"])
-    captions, trusted_items, wrong = trusted_pairs(human, settings.task)
-    fit = fit_trusted(features(captions, trusted_items, llm(model), settings.task), wrong, 0)
+    captions, trusted_items, kind = trusted_pairs(human, subset, settings.task, settings.seed)
+    fit = fit_trusted(features(captions, trusted_items, llm(model), settings.task), kind, settings.seed)
     cfg = settings.retrain.model_copy(update={"sft": settings.retrain.sft.model_copy(update={"max_steps": args.steps})})
     sampling, task = settings.evaluate.sampling, settings.task
     start = score_captions(heldout, llm(model), sampling, task, "start")

@@ -48,7 +48,7 @@ def corrupt(
             others = [j for j in range(len(titles)) if titles[j] != titles[index]]
             annotations[index] = titles[others[rng.integers(len(others))]]
         elif kind == "truncate":
-            annotations[index] = _truncate(titles[index], rng)
+            annotations[index] = truncate(titles[index], rng)
         elif kind == "tag_soup":
             annotations[index] = ", ".join(rng.choice(tags, size=min(len(tags), rng.integers(3, 7)), replace=False))
         elif kind == "neighbour":
@@ -59,7 +59,7 @@ def corrupt(
     return pd.DataFrame({"item_id": items["item_id"].values, "annotation": annotations, "corruption": corruptions})
 
 
-def _truncate(title: str, rng: np.random.Generator) -> str:
+def truncate(title: str, rng: np.random.Generator) -> str:
     words = title.split()
     if len(words) < 2:
         return title[: max(1, len(title) // 2)]

@@ -76,8 +76,9 @@ def noise_decision(
     if cfg.score == "fitted":
         if len(trusted) < 4:
             raise InputError(f"denoise.score fitted needs at least 4 human-split items, found {len(trusted)}")
-        pair_captions, pair_items, wrong = trusted_pairs(trusted, task)
-        fit = fit_trusted(features(pair_captions, pair_items, llm, task), wrong, seed)
+        pool = items[items["item_id"].isin(annotations["item_id"])]
+        pair_captions, pair_items, kind = trusted_pairs(trusted, pool, task, seed)
+        fit = fit_trusted(features(pair_captions, pair_items, llm, task), kind, seed)
         fit_metrics = {"trusted_tpr": fit.tpr, "trusted_fpr": fit.fpr}
     scores = noise_scores(cfg.score, frame, fit)
     selection = scores
@@ -163,11 +164,22 @@ def selection_quality(
     return metrics
 
 
+def trusted_window(ctx: StageContext, count: int) -> pd.DataFrame:
+    """The `count` human-split items right after this turn's refine window (the next turn's, when the counts
+    match): titles the turn's scorer has not trained on, unlike its own window, whose right pairs it would score
+    as better than any annotation. The window wraps around the split like every turn window."""
+    human = ctx.items("human")
+    seen = ctx.settings.refine.items_per_turn if "refine" in ctx.upstream else 0
+    start = (ctx.turn - 1) * seen + seen
+    positions = [(start + offset) % len(human) for offset in range(min(count, len(human)))]
+    return human.iloc[positions].reset_index(drop=True)
+
+
 def run(ctx: StageContext) -> StageOutput:
     cfg = ctx.settings.denoise
     annotations = ctx.read("annotate", "annotations")
     items = ctx.prompt_items()
-    trusted = ctx.turn_slice("human", cfg.trusted_items) if cfg.score == "fitted" else items.iloc[0:0]
+    trusted = trusted_window(ctx, cfg.trusted_items) if cfg.score == "fitted" else items.iloc[0:0]
     task, seed = ctx.settings.task, ctx.settings.seed
     scorer = ctx.llm_factory(ctx.turn_model)
     decision, fit_metrics = noise_decision(cfg, annotations, items, trusted, scorer, task, seed)

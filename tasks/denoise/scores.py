@@ -5,8 +5,17 @@
   pmi      how little the item explains the annotation: the mean over its tokens of
            log p(a_t | no item) − log p(a_t | item). Fluency cancels; what is left is the item's evidence.
   content  1 − MiniLM cosine between the annotation and the item's content (abstract, else curator comment).
-  fitted   P(wrong) from a logistic regression on the three, fitted on trusted pairs of the human split: every
-           human title with its own item (right) and with the most similar other human item (wrong, the hard way).
+  fitted   how likely wrong, from two detectors fitted on trusted pairs of the human split:
+           wrong item   a logistic regression on nll, pmi and content; each human title with its own item (right)
+                        and with two other items of the pool it is scored among (wrong): the one whose content is
+                        most like its own (the hard way) and a random one;
+           unfinished   a logistic regression on `end` (the NLL of the end-of-caption token: does the model expect
+                        the caption to stop there?) and nll; each human title whole (right) and cut after 30-60% of
+                        its words (wrong: what a generation stopped at its token limit looks like).
+           The score is log(LR_wrong_item + LR_unfinished), each detector's log-odds at even odds being its log
+           likelihood ratio: either kind of wrong ranks high, and an annotation that is a little of both ranks above
+           one that is only a little of one. (One linear fit of both kinds loses the hard kind, a wrong-item title
+           ending well; a noisy OR of the two probabilities ranked slightly worse on the bench.)
 
 The trusted fit also measures itself: its cross-validated true and false positive rates turn the share of
 annotations it calls wrong into a noise-level estimate that needs no assumption on the tail's shape (adjusted
@@ -23,11 +32,14 @@ import numpy as np
 import pandas as pd
 
 from tasks.config import Task
+from tasks.denoise.corrupt import truncate
 from tasks.llm.embeddings import embed, similarity
 from tasks.prompts import item_content, prompt_messages
 
 SCORES = ("nll", "pmi", "content", "fitted")
-FEATURES = ["nll", "pmi", "content"]
+WRONG_ITEM = ["nll", "pmi", "content"]
+UNFINISHED = ["end", "nll"]
+PAIR_KINDS = ("right", "wrong_item", "unfinished")
 
 
 def token_logprobs(captions: list[str], items: list[dict], llm, task: Task, desc: str) -> list[np.ndarray]:
@@ -37,7 +49,8 @@ def token_logprobs(captions: list[str], items: list[dict], llm, task: Task, desc
 
 
 def features(captions: list[str], items: list[dict], llm, task: Task) -> pd.DataFrame:
-    """nll, pmi and content of each (caption, item), plus the conditional token log-probs (TaiLr weights use them)."""
+    """nll, pmi, content and end (the end-of-caption token's NLL) of each (caption, item), plus the conditional token
+    log-probs (TaiLr weights use them)."""
     conditional = token_logprobs(captions, items, llm, task, "denoise")
     unconditional = token_logprobs(captions, [{}] * len(captions), llm, task, "denoise/prior")
     return pd.DataFrame(
@@ -45,6 +58,7 @@ def features(captions: list[str], items: list[dict], llm, task: Task) -> pd.Data
             "nll": [-float(np.mean(lp)) for lp in conditional],
             "pmi": [float(np.mean(u - c)) for c, u in zip(conditional, unconditional)],
             "content": content_distance(captions, items, task),
+            "end": [-float(lp[-1]) if len(lp) else 0.0 for lp in conditional],
             "logprobs": conditional,
         }
     )
@@ -66,54 +80,82 @@ def nearest_others(records: list[dict], task: Task) -> np.ndarray:
     return closeness.argmax(axis=1)
 
 
-def trusted_pairs(human: pd.DataFrame, task: Task) -> tuple[list[str], list[dict], np.ndarray]:
-    """(captions, items, wrong): every human reference with its own item (wrong = 0), then with the item whose content
-    is most similar to its own (wrong = 1)."""
+def trusted_pairs(
+    human: pd.DataFrame, pool: pd.DataFrame, task: Task, seed: int
+) -> tuple[list[str], list[dict], np.ndarray]:
+    """(captions, items, kind): every human reference with its own item (kind "right"), with the item of
+    `pool` whose content is most like its own and with a random other item of `pool` ("wrong_item"; the pool is
+    what the annotations are scored among, so the hard pairs are as close as an annotator's mix-ups there), and cut
+    after 30-60% of its words ("unfinished")."""
+    rng = np.random.default_rng(seed)
     records = human.to_dict("records")
-    nearest = nearest_others(records, task)
-    captions = [r["reference"] for r in records] * 2
-    items = records + [records[j] for j in nearest]
-    return captions, items, np.r_[np.zeros(len(records)), np.ones(len(records))]
+    ids = {r["item_id"] for r in records}
+    candidates = records + [r for r in pool.to_dict("records") if r["item_id"] not in ids]
+    nearest = nearest_others(candidates, task)[: len(records)]
+    random_other = [(i + 1 + rng.integers(len(candidates) - 1)) % len(candidates) for i in range(len(records))]
+    titles = [r["reference"] for r in records]
+    captions = titles * 3 + [truncate(title, rng) for title in titles]
+    items = records + [candidates[j] for j in nearest] + [candidates[j] for j in random_other] + records
+    kind = np.array(["right"] * len(records) + ["wrong_item"] * 2 * len(records) + ["unfinished"] * len(records))
+    return captions, items, kind
 
 
 @dataclass(frozen=True)
 class TrustedFit:
-    """A logistic regression on standardized features and its cross-validated error rates on the trusted pairs."""
+    """The two detectors (standardized logistic regressions), the score above which an annotation is called wrong
+    and the cross-validated error rates there on the trusted pairs."""
 
-    model: object
+    wrong_item: object
+    unfinished: object
+    threshold: float
     tpr: float
     fpr: float
 
-    def probability(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.model.predict_proba(frame[FEATURES].to_numpy())[:, 1]
+    def score(self, frame: pd.DataFrame) -> np.ndarray:
+        wrong = self.wrong_item.decision_function(frame[WRONG_ITEM].to_numpy())
+        return np.logaddexp(wrong, self.unfinished.decision_function(frame[UNFINISHED].to_numpy()))
 
     def noise_level(self, frame: pd.DataFrame) -> float:
         """Adjusted classify-and-count; clipped to [0, 0.5] (clean annotations are assumed the majority)."""
-        called = float((self.probability(frame) >= 0.5).mean())
+        called = float((self.score(frame) >= self.threshold).mean())
         if self.tpr - self.fpr < 0.1:  # the fit cannot tell right from wrong: no estimate better than none
             return 0.0
         return float(np.clip((called - self.fpr) / (self.tpr - self.fpr), 0.0, 0.5))
 
 
-def fit_trusted(trusted: pd.DataFrame, wrong: np.ndarray, seed: int) -> TrustedFit:
+def fit_trusted(trusted: pd.DataFrame, kind: np.ndarray, seed: int) -> TrustedFit:
+    """Each detector is fitted on the right pairs against its kind of wrong one; its out-of-fold log-odds on its own
+    pairs and its plain ones on the other kind's give the joint score's error rates. The threshold is where they
+    are furthest apart (tpr − fpr largest: the adjusted count's least variance, Forman's "max" rule), not at even
+    odds, where two detectors that each call half their pairs wrong call too many clean ones together."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    x = trusted[FEATURES].to_numpy()
-    model = make_pipeline(StandardScaler(), LogisticRegression())
-    folds = StratifiedKFold(n_splits=min(5, int(wrong.sum())), shuffle=True, random_state=seed)
-    called = cross_val_predict(model, x, wrong, cv=folds, method="predict_proba")[:, 1] >= 0.5
-    tpr, fpr = float(called[wrong == 1].mean()), float(called[wrong == 0].mean())
-    return TrustedFit(model.fit(x, wrong), tpr, fpr)
+    kind = np.asarray(kind)
+    detectors, honest = {}, {}
+    for wrong_kind, columns in (("wrong_item", WRONG_ITEM), ("unfinished", UNFINISHED)):
+        rows = np.isin(kind, ["right", wrong_kind])
+        x, wrong = trusted.loc[rows, columns].to_numpy(), (kind[rows] == wrong_kind).astype(int)
+        model = make_pipeline(StandardScaler(), LogisticRegression())
+        splits = min(5, int(wrong.sum()), int((wrong == 0).sum()))
+        folds = StratifiedKFold(n_splits=splits, shuffle=True, random_state=seed)
+        detectors[wrong_kind] = model.fit(x, wrong)
+        honest[wrong_kind] = model.decision_function(trusted[columns].to_numpy())
+        honest[wrong_kind][rows] = cross_val_predict(model, x, wrong, cv=folds, method="decision_function")
+    score = np.logaddexp(honest["wrong_item"], honest["unfinished"])
+    wrong = kind != "right"
+    rates = [(float((score[wrong] >= t).mean()), float((score[~wrong] >= t).mean()), t) for t in score]
+    tpr, fpr, threshold = max(rates, key=lambda r: r[0] - r[1])
+    return TrustedFit(detectors["wrong_item"], detectors["unfinished"], float(threshold), tpr, fpr)
 
 
 def noise_scores(score: str, frame: pd.DataFrame, fit: TrustedFit | None) -> np.ndarray:
     if score == "fitted":
         if fit is None:
             raise ValueError("the fitted noise score needs a trusted fit (human-split items)")
-        return fit.probability(frame)
-    if score not in FEATURES:
+        return fit.score(frame)
+    if score not in WRONG_ITEM:
         raise ValueError(f"unknown noise score {score!r}; scores: {', '.join(SCORES)}")
     return frame[score].to_numpy(dtype=float)

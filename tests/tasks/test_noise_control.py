@@ -117,23 +117,30 @@ def test_hard_corruptions_stay_fluent_titles_and_are_wrong():
         corrupt(items, 0.5, seed=0, kinds=("neighbour",))
 
 
-def test_the_trusted_fit_estimates_the_noise_level_by_adjusted_count():
-    from tasks.denoise.scores import FEATURES, fit_trusted
+def test_the_trusted_fit_catches_both_kinds_of_wrong_and_estimates_the_noise_level_by_adjusted_count():
+    from sklearn.metrics import roc_auc_score
+
+    from tasks.denoise.scores import fit_trusted
 
     rng = np.random.default_rng(0)
+    columns = ["nll", "pmi", "content", "end"]
 
-    def pairs(right: int, wrong: int) -> pd.DataFrame:
-        # wrong pairs sit higher on pmi and content, overlapping the right ones (a classifier errs on both sides)
-        shift = np.r_[np.zeros(right), np.ones(wrong)][:, None] * np.array([0.0, 1.2, 1.2])
-        return pd.DataFrame(rng.normal(0.0, 1.0, (right + wrong, 3)) + shift, columns=FEATURES)
+    def pairs(right: int, wrong_item: int, unfinished: int) -> pd.DataFrame:
+        # a wrong item sits higher on pmi and content, an unfinished caption on end; both overlap the right ones
+        shift = np.r_[np.zeros((right, 4)), np.tile([0.0, 1.2, 1.2, 0.0], (wrong_item, 1))]
+        shift = np.r_[shift, np.tile([0.0, 0.0, 0.0, 2.0], (unfinished, 1))]
+        return pd.DataFrame(rng.normal(0.0, 1.0, (len(shift), 4)) + shift, columns=columns)
 
-    fit = fit_trusted(pairs(200, 200), np.r_[np.zeros(200), np.ones(200)], seed=0)
+    kind = np.array(["right"] * 200 + ["wrong_item"] * 200 + ["unfinished"] * 200)
+    fit = fit_trusted(pairs(200, 200, 200), kind, seed=0)
     assert 0.6 < fit.tpr < 0.95 and 0.05 < fit.fpr < 0.4  # imperfect on purpose
     for rate in (0.0, 0.1, 0.2, 0.4):
         wrong = round(rate * 1000)
-        assert abs(fit.noise_level(pairs(1000 - wrong, wrong)) - rate) < 0.06
-    scores = fit.probability(pairs(100, 100))
-    assert scores[100:].mean() > scores[:100].mean() + 0.2
+        assert abs(fit.noise_level(pairs(1000 - wrong, wrong // 2, wrong - wrong // 2)) - rate) < 0.06
+    scores = fit.score(pairs(100, 100, 100))
+    is_wrong = np.r_[np.zeros(100), np.ones(100)]
+    assert roc_auc_score(is_wrong, scores[:200]) > 0.75  # the wrong items, though they end like right captions
+    assert roc_auc_score(is_wrong, np.r_[scores[:100], scores[200:]]) > 0.75  # the unfinished, on topic as they are
 
 
 def test_a_measured_noise_level_drops_that_share_of_the_highest_scores():
@@ -251,3 +258,20 @@ def test_every_noise_score_runs_on_the_real_model_and_the_fitted_one_reports_its
             assert set(fit) == ({"trusted_tpr", "trusted_fpr"} if score == "fitted" else set())
         with pytest.raises(Exception, match="at least 4 human-split items"):
             noise_decision(Denoise(score="fitted"), annotations, items, trusted.iloc[:2], llm, Task(), seed=0)
+
+
+def test_the_trusted_pairs_come_from_human_titles_the_turns_scorer_has_not_trained_on():
+    from types import SimpleNamespace
+
+    from tasks.config import Settings
+    from tasks.denoise.denoise import trusted_window
+    from tasks.stage import turn_window
+
+    human = pd.DataFrame({"item_id": [f"h{n}" for n in range(10)], "reference": [f"title {n}" for n in range(10)]})
+    settings = Settings.model_validate({"refine": {"items_per_turn": 3}})
+    for turn in (1, 2, 4):
+        ctx = SimpleNamespace(items=lambda split: human, settings=settings, upstream={"refine": 1}, turn=turn)
+        trusted = trusted_window(ctx, 3)
+        refined_on = set(human["item_id"].iloc[turn_window(len(human), turn, 3)])  # the refine stage's window
+        assert len(trusted) == 3 and not refined_on & set(trusted["item_id"])
+        assert set(trusted["item_id"]) == set(human["item_id"].iloc[turn_window(len(human), turn + 1, 3)])
