@@ -39,7 +39,7 @@ from tasks.prompts import item_content, prompt_messages
 SCORES = ("nll", "pmi", "content", "fitted")
 WRONG_ITEM = ["nll", "pmi", "content"]
 UNFINISHED = ["end", "nll"]
-PAIR_KINDS = ("right", "wrong_item", "unfinished")
+DETECTORS = (("wrong_item", WRONG_ITEM), ("unfinished", UNFINISHED))  # (the wrong pairs' kind, its features)
 
 
 def token_logprobs(captions: list[str], items: list[dict], llm, task: Task, desc: str) -> list[np.ndarray]:
@@ -112,8 +112,10 @@ class TrustedFit:
     fpr: float
 
     def score(self, frame: pd.DataFrame) -> np.ndarray:
-        wrong = self.wrong_item.decision_function(frame[WRONG_ITEM].to_numpy())
-        return np.logaddexp(wrong, self.unfinished.decision_function(frame[UNFINISHED].to_numpy()))
+        return joint_score(
+            self.wrong_item.decision_function(frame[WRONG_ITEM].to_numpy()),
+            self.unfinished.decision_function(frame[UNFINISHED].to_numpy()),
+        )
 
     def noise_level(self, frame: pd.DataFrame) -> float:
         """Adjusted classify-and-count; clipped to [0, 0.5] (clean annotations are assumed the majority)."""
@@ -121,6 +123,11 @@ class TrustedFit:
         if self.tpr - self.fpr < 0.1:  # the fit cannot tell right from wrong: no estimate better than none
             return 0.0
         return float(np.clip((called - self.fpr) / (self.tpr - self.fpr), 0.0, 0.5))
+
+
+def joint_score(wrong_item: np.ndarray, unfinished: np.ndarray) -> np.ndarray:
+    """log(LR_wrong_item + LR_unfinished) from the two detectors' log-odds."""
+    return np.logaddexp(wrong_item, unfinished)
 
 
 def fit_trusted(trusted: pd.DataFrame, kind: np.ndarray, seed: int) -> TrustedFit:
@@ -135,7 +142,7 @@ def fit_trusted(trusted: pd.DataFrame, kind: np.ndarray, seed: int) -> TrustedFi
 
     kind = np.asarray(kind)
     detectors, honest = {}, {}
-    for wrong_kind, columns in (("wrong_item", WRONG_ITEM), ("unfinished", UNFINISHED)):
+    for wrong_kind, columns in DETECTORS:
         rows = np.isin(kind, ["right", wrong_kind])
         x, wrong = trusted.loc[rows, columns].to_numpy(), (kind[rows] == wrong_kind).astype(int)
         model = make_pipeline(StandardScaler(), LogisticRegression())
@@ -144,7 +151,7 @@ def fit_trusted(trusted: pd.DataFrame, kind: np.ndarray, seed: int) -> TrustedFi
         detectors[wrong_kind] = model.fit(x, wrong)
         honest[wrong_kind] = model.decision_function(trusted[columns].to_numpy())
         honest[wrong_kind][rows] = cross_val_predict(model, x, wrong, cv=folds, method="decision_function")
-    score = np.logaddexp(honest["wrong_item"], honest["unfinished"])
+    score = joint_score(honest["wrong_item"], honest["unfinished"])
     wrong = kind != "right"
     rates = [(float((score[wrong] >= t).mean()), float((score[~wrong] >= t).mean()), t) for t in score]
     tpr, fpr, threshold = max(rates, key=lambda r: r[0] - r[1])
