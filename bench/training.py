@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -73,8 +74,8 @@ def step_timer():
 
 
 def onednn_primitives(args: argparse.Namespace) -> dict[str, int]:
-    """oneDNN primitive executions of a warm-up and one step of the default row, by kind and implementation (e.g.
-    'matmul brg_matmul:avx10_1_512_amx'), from a child process started with ONEDNN_VERBOSE=1."""
+    """oneDNN primitive executions of a warm-up and one step of the default row, by kind, implementation and source
+    data type (e.g. 'matmul brg_matmul:avx10_1_512_amx bf16'), from a child process started with ONEDNN_VERBOSE=1."""
     work = args.work / "onednn"
     command = [sys.executable, __file__, "--steps", "1", "--rows", "default", "--work", str(work)]
     command += ["--out", str(work / "child.json"), "--mlflow-dir", str(work / "mlflow")]
@@ -85,7 +86,8 @@ def onednn_primitives(args: argparse.Namespace) -> dict[str, int]:
         parts = line.split(",")
         if parts[0] == "onednn_verbose" and "exec" in parts[:4]:
             at = parts.index("exec")
-            counts[f"{parts[at + 2]} {parts[at + 3]}".strip()] += 1
+            source = re.search(r"src:(\w+)", line)  # the ISA in the name says nothing of the data type
+            counts[f"{parts[at + 2]} {parts[at + 3]} {source.group(1) if source else ''}".strip()] += 1
     return dict(counts.most_common())
 
 

@@ -62,3 +62,24 @@ def git_checkout(folder: Path) -> None:
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "project"]):
         subprocess.run(git + args, cwd=folder, check=True, capture_output=True)
+
+
+def tiny_llama(tokenizer):
+    """A two-layer Llama with random weights (seed 0) over the packaged tokenizer: real code paths in seconds."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config)

@@ -7,31 +7,18 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.project import write_params
+from tests.project import tiny_llama, write_params
 
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory, base_model_path):
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     folder = tmp_path_factory.mktemp("tiny-llama")
     tokenizer = AutoTokenizer.from_pretrained(base_model_path)
     tokenizer.chat_template = None
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)  # bf16 on disk: imported as fp32
+    tiny_llama(tokenizer).to(torch.bfloat16).save_pretrained(folder)  # bf16 on disk: imported as fp32
     tokenizer.save_pretrained(folder)
     (folder / "chat_template.jinja").unlink(missing_ok=True)
     return folder

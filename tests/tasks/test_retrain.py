@@ -234,3 +234,27 @@ def test_a_round_that_revisits_its_pairs_scores_the_reference_once(base_model_pa
     precomputed, forwards_after_precompute = train(True, "pre")
     assert forwards == 4 and forwards_after_precompute == 0  # 4 steps, each pair twice: the reference ran 4 times
     assert precomputed == pytest.approx(on_the_fly, abs=1e-3)
+
+
+def test_every_trainer_on_one_model_trains_under_its_bf16_autocast(base_model_path, tmp_path):
+    """Accelerate leaves a model it prepared before as it is: before `fit` unmarked it, the second trainer on the
+    same model (the next SFT phase, every DPO round) trained in float32 although configured for bf16."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from tasks.retrain.fit import fit
+    from tests.project import tiny_llama
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_path)
+    model = tiny_llama(tokenizer)
+    row = {"prompt": [{"role": "user", "content": "Title?"}], "completion": [{"role": "assistant", "content": "G"}]}
+    data = Dataset.from_list([row])
+    autocast, patched = [], []
+    model.model.register_forward_pre_hook(lambda module, args: autocast.append(torch.is_autocast_enabled("cpu")))
+    for number in range(3):
+        args = cpu_args(SFTConfig, tmp_path / str(number), steps=1, batch=1, bf16=True)
+        model = fit(SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer))
+        patched.append("forward" in vars(model))  # TRL's fused head or accelerate's wrapper left on the model
+    assert autocast == [True, True, True]
+    assert patched == [False, False, False]
