@@ -33,15 +33,15 @@ def fit(trainer):
     leaves it as it is the next time, so a second trainer on the same model (the next SFT phase, every DPO round)
     trained without the bf16 autocast it was configured with: in float32, on the wrapped forward of the first.
     Unmarking the model before training and unwrapping it after gives every trainer the model as loaded."""
-    model = trainer.model
     if not verbose():
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
-    model.__dict__.pop("_is_accelerate_prepared", None)
+    trainer.model.__dict__.pop("_is_accelerate_prepared", None)
     with compact_lm_head():
         trainer.train()
+    model = trainer.model
     for patched in ("forward", "_original_forward", "_is_accelerate_prepared"):  # TRL's fused head, accelerate's
         model.__dict__.pop(patched, None)
     return model
