@@ -181,7 +181,6 @@ class TransformersBackend:
             position_ids=positions[:, :-1],
             past_key_values=cache,
             use_cache=True,
-            logits_to_keep=1,  # only the cache is kept: no logits for every prompt position
         ).past_key_values
         cache.reorder_cache(rows_of)
         return cache
