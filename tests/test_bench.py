@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from flows.allocator import tcmalloc_library
 from tests.project import REPO
 
 pytestmark = pytest.mark.integration
@@ -76,12 +77,16 @@ def test_performance_benches_run_and_report_their_ratios(tmp_path, bench, args):
 def test_training_bench_times_the_stages_trainer_and_profiles_it(tmp_path):
     out = tmp_path / "training.json"
     extra = ["--work", str(tmp_path / "work"), "--out", str(out), "--mlflow-dir", str(tmp_path / "mlflow")]
-    command = [sys.executable, str(REPO / "bench" / "training.py"), "--steps", "1", "--profile", *extra]
+    chosen = ["--rows", "default", "activation checkpointing", "glibc malloc"]
+    command = [sys.executable, str(REPO / "bench" / "training.py"), "--steps", "1", "--profile", *chosen, *extra]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     rows = {r["row"]: r for r in result["rows"]}
     assert {"default", "activation checkpointing"} <= rows.keys()
+    # run as a script it preloads tcmalloc as the flywheel command does, and times glibc's malloc in a child beside it
+    assert result["allocator"] == ("tcmalloc" if tcmalloc_library() else "glibc")
+    assert ("glibc malloc" in rows) == (result["allocator"] == "tcmalloc")
     assert all(len(r["step_seconds"]) == r["steps"] == 1 and r["gflop_s"] > 0 for r in rows.values())
     assert rows["default"]["top_ops"] and rows["activation checkpointing"]["activation_checkpointing"]
     if rows["default"]["bf16"]:  # bf16 matmuls go to oneDNN (float32 ones to MKL, which oneDNN does not log)

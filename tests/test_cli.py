@@ -3,7 +3,11 @@
 import math
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
+
+from flows.allocator import ALLOCATOR_ENV, system_allocator_env, tcmalloc_library
 from flows.cli import main
 from tests.project import write_params
 
@@ -138,3 +142,22 @@ def test_a_stage_says_one_line_and_nothing_else_unless_verbose(tmp_path):
     assert quiet.stdout.startswith("ingest     turn 1: ") and quiet.stdout.count("\n") == 1
     assert quiet.stderr == ""  # no library logs or warnings (the first run creates the MLflow tables)
     assert "[cached]" in stage("--verbose").stdout
+
+
+def test_the_command_runs_under_tcmalloc_unless_told_not_to(monkeypatch):
+    if tcmalloc_library() is None:
+        pytest.skip("no tcmalloc on this machine (Debian's libtcmalloc-minimal4; `make setup` installs it as root)")
+    flywheel = Path(sys.executable).parent / "flywheel"
+
+    def libraries(**env) -> str:  # the dynamic loader's log of the libraries each process it runs initialises
+        command = [str(flywheel), "--help"]
+        done = subprocess.run(command, env=base | {"LD_DEBUG": "libs", **env}, capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout.startswith("usage: flywheel"), done.stderr[-2000:]
+        return done.stderr
+
+    base = {k: v for k, v in system_allocator_env().items() if k != ALLOCATOR_ENV}
+    assert "init: " in libraries() and "libtcmalloc_minimal" in libraries()
+    assert "init: " in libraries(**{ALLOCATOR_ENV: "system"})
+    assert "libtcmalloc_minimal" not in libraries(**{ALLOCATOR_ENV: "system"})
+    monkeypatch.setenv("LD_PRELOAD", "/opt/libother.so /usr/lib/libtcmalloc_minimal.so.4")
+    assert system_allocator_env()["LD_PRELOAD"] == "/opt/libother.so"  # a child on glibc keeps the user's preloads
