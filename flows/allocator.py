@@ -1,7 +1,7 @@
 """The `flywheel` command runs under tcmalloc where the machine has it (Debian's `libtcmalloc-minimal4`, which `make
 setup` installs when it runs as root). glibc's malloc hands a training step's large buffers back to the kernel and
 faults them in again as zeroed pages at the next step; tcmalloc keeps them for reuse. On a 2-core AMD EPYC an SFT
-step of `bench/training.py` took 2.84-3.11 s under it against 3.19-3.73 s under glibc (six runs each, alternating),
+step of `bench/training.py` took 2.84-3.11 s under it (six runs) against 3.19-3.73 s under glibc (four, alternating),
 with the same losses; generation did not change. `FLYWHEEL_ALLOCATOR=system` keeps glibc's malloc.
 
 The allocator has to be in place before the first allocation, so the process re-executes itself once with
