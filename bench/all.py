@@ -60,7 +60,7 @@ def headlines(results: dict) -> list[tuple[str, str, str]]:
         )
         limit, dtype = limit_gflop_s(results["roofline"], measured_rows)  # 2048 rows in make bench: a training batch
         for row in results["training"]["rows"]:
-            figure = f"SFT step, {row['row']} precision: share of the matmul limit ({limit:.0f} GFLOP/s {dtype}, "
+            figure = f"SFT step, {row['row']} row: share of the matmul limit ({limit:.0f} GFLOP/s {dtype}, "
             figure += f"{measured_rows} rows)"
             measured = f"{row['gflop_s'] / limit:.0%} ({row['gflop_s']:.0f} GFLOP/s, {row['s_per_step']:.1f} s/step)"
             rows.append((figure, measured, ">= 40%" if row["row"] == "default" else "reported"))
