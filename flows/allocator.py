@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes.util
 import os
+import re
 import sys
 
 ALLOCATOR_ENV = "FLYWHEEL_ALLOCATOR"
@@ -48,5 +49,6 @@ def preload_tcmalloc() -> None:
 def system_allocator_env() -> dict[str, str]:
     """This process's environment for a child that should run on glibc's malloc."""
     env = {**os.environ, ALLOCATOR_ENV: "system"}
-    kept = [library for library in env.pop("LD_PRELOAD", "").split() if TCMALLOC not in library]
+    preloads = re.split(r"[:\s]+", env.pop("LD_PRELOAD", ""))  # the loader takes spaces and colons
+    kept = [library for library in preloads if library and TCMALLOC not in library]
     return env | ({"LD_PRELOAD": " ".join(kept)} if kept else {})

@@ -159,5 +159,5 @@ def test_the_command_runs_under_tcmalloc_unless_told_not_to(monkeypatch):
     assert "init: " in libraries() and "libtcmalloc_minimal" in libraries()
     assert "init: " in libraries(**{ALLOCATOR_ENV: "system"})
     assert "libtcmalloc_minimal" not in libraries(**{ALLOCATOR_ENV: "system"})
-    monkeypatch.setenv("LD_PRELOAD", "/opt/libother.so /usr/lib/libtcmalloc_minimal.so.4")
-    assert system_allocator_env()["LD_PRELOAD"] == "/opt/libother.so"  # a child on glibc keeps the user's preloads
+    monkeypatch.setenv("LD_PRELOAD", "/opt/libother.so /usr/lib/libtcmalloc_minimal.so.4:/opt/libmore.so")
+    assert system_allocator_env()["LD_PRELOAD"] == "/opt/libother.so /opt/libmore.so"  # the user's other preloads
