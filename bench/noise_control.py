@@ -3,7 +3,8 @@ against no control, fixed-γ TaiLr, small-loss filtering and a two-component GMM
 
 Annotations are the human titles of Semanlink train items; a seeded corruptor replaces a known fraction
 (tasks/denoise/corrupt.py) with easy noise (a random other item's title, a truncated title, tag soup) or hard noise
-(the title of the most similar other item; the title with its key term swapped for another item's). Detection, per
+(the title of the most similar train item outside the scored ones, so no score can find the title's source among
+the items it looks at; the title with its key term swapped for another item's). Detection, per
 noise group and rate, for two scorers, the packaged model (v1) and v1 refined on half the human split (what the
 champion is after a turn): AUROC of every noise score, AdaTaiLr's ε̂ (from the tail, or from the fit on trusted
 pairs of the other half of the human split) and the precision/recall of what it drops, and the baselines' AUROC.
@@ -12,7 +13,7 @@ method, same steps and seed, and captions the held-out items; ROUGE-L (with a pa
 and MiniLM similarity to the human titles.
 
 Run: .venv/bin/python bench/noise_control.py [--items 200] [--offset 0] [--rates 0.1 0.2 0.4] [--steps 12]
-     [--heldout 32]
+     [--heldout 32] [--scorers v1 v1-refined]
 Prints the tables, writes bench/results/noise_control.json and logs a run to the MLflow experiment flywheel-bench.
 Model calls go through an LLM-call cache in .cache/bench/, so a rerun only retrains.
 """
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--offset", type=int, default=0, help="train items skipped first (a slice not tuned on)")
     parser.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.2, 0.4])
     parser.add_argument("--trusted-items", type=int, default=None, help="human items for the trusted fit (all)")
+    parser.add_argument("--scorers", nargs="+", choices=SCORERS, default=list(SCORERS), help="models that score")
     parser.add_argument("--refine-steps", type=int, default=16, help="SFT steps of v1 on the human split")
     parser.add_argument("--downstream-rate", type=float, default=0.2)
     parser.add_argument("--downstream-items", type=int, default=96)
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     splits = bench_splits(settings)
     items = splits["train"].iloc[args.offset : args.offset + args.items].reset_index(drop=True)
+    outside = splits["train"][~splits["train"]["item_id"].isin(items["item_id"])]
     human, heldout = splits["human"], splits["heldout"].head(args.heldout)
     gguf = packaged_gguf(settings.model.gguf_package, settings.model.gguf_file)
     base_path = convert_gguf(gguf, work.parent / "models")
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
         "v1": ModelRef("bench", 1, sha256_file(base_path / "model.safetensors"), base_path),
         "v1-refined": ModelRef("bench", 2, sha256_file(refined_path / "model.safetensors"), refined_path),
     }
+    scorers = {name: models[name] for name in args.scorers}
     started = time.perf_counter()
     with Store.open(work / "noise_control.duckdb") as store:
         cache = LLMCallCache(store.con)
@@ -86,9 +90,11 @@ def main(argv: list[str] | None = None) -> dict:
         def llm(model):
             return CachedLLM(lambda ref: backend(ref.path), cache, model)
 
-        detection = _detection(items, trusted_split, models, llm, settings, args.rates)
+        detection = _detection(items, outside, trusted_split, scorers, llm, settings, args.rates)
         downstream = (
-            _downstream(items, trusted_split, heldout, models["v1-refined"], llm, settings, args) if args.steps else []
+            _downstream(items, outside, trusted_split, heldout, models["v1-refined"], llm, settings, args)
+            if args.steps
+            else []
         )
     result = {
         "args": {k: str(v) for k, v in vars(args).items()},
@@ -101,6 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+SCORERS = ("v1", "v1-refined")  # the packaged model; it refined on half the human split (the turn's scorer)
+
+
 def _halves(human: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(refine, trusted): v1 is refined on one half of the human split, the trusted pairs come from the other, so
     the scorer has never trained on the titles its trusted fit is made of (as in a turn, whose window is new)."""
@@ -109,32 +118,42 @@ def _halves(human: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _features(annotations: pd.DataFrame, items: pd.DataFrame, llm, settings) -> pd.DataFrame:
+    """Every feature of the annotations, the scored items being contrast's pool."""
     from tasks.denoise.scores import features
 
-    return features(list(annotations["annotation"]), items.to_dict("records"), llm, settings.task)
+    records = items.to_dict("records")
+    return features(list(annotations["annotation"]), records, llm, settings.task, records)
+
+
+def _neighbour_titles(items: pd.DataFrame, outside: pd.DataFrame, settings) -> list[str]:
+    """Each item's most similar item of `outside` (by content), whose title the neighbour corruption puts in."""
+    from tasks.denoise.scores import nearest
+
+    others = outside.to_dict("records")
+    return [others[j]["reference"] for j in nearest(items.to_dict("records"), others, settings.task, 1)[:, 0]]
 
 
 KIND_GROUPS = {"easy": ("swap", "truncate", "tag_soup"), "neighbour": ("neighbour",), "detail": ("detail",)}
 
 
-def _detection(items, human, models, llm, settings, rates) -> list[dict]:
+def _detection(items, outside, human, models, llm, settings, rates) -> list[dict]:
     """Per corruption group, rate and scorer: AUROC of every noise score, and what AdaTaiLr drops with it (ε̂ from
     the tail for nll/pmi/content, from the trusted human-split fit for `fitted`); the baselines on the NLL."""
     from sklearn.metrics import roc_auc_score
 
     from tasks.denoise.corrupt import corrupt
     from tasks.denoise.methods import METHODS, decide
-    from tasks.denoise.scores import SCORES, features, fit_trusted, nearest_others, noise_scores, trusted_pairs
+    from tasks.denoise.scores import SCORES, features, fit_trusted, noise_scores, trusted_pairs
 
-    nearest = nearest_others(items.to_dict("records"), settings.task)
+    neighbours = _neighbour_titles(items, outside, settings)
     captions, trusted_items, kind = trusted_pairs(human, items, settings.task, settings.seed)
     rows = []
     for name, model in models.items():
-        trusted = features(captions, trusted_items, llm(model), settings.task)
+        trusted = features(captions, trusted_items, llm(model), settings.task, items.to_dict("records"))
         fit = fit_trusted(trusted, kind, settings.seed)
         for group, kinds in KIND_GROUPS.items():
             for rate in rates:
-                annotations = corrupt(items, rate, settings.seed, kinds, nearest)
+                annotations = corrupt(items, rate, settings.seed, kinds, neighbours)
                 noisy = (annotations["corruption"] != "").to_numpy()
                 frame = _features(annotations, items, llm(model), settings)
                 logprobs = list(frame["logprobs"])
@@ -165,7 +184,7 @@ def _detection(items, human, models, llm, settings, rates) -> list[dict]:
     return rows
 
 
-def _downstream(items, human, heldout, model, llm, settings, args) -> list[dict]:
+def _downstream(items, outside, human, heldout, model, llm, settings, args) -> list[dict]:
     """Train the current model on the noisy set with each method; caption the held-out items."""
     import shutil
     import tempfile
@@ -173,19 +192,20 @@ def _downstream(items, human, heldout, model, llm, settings, args) -> list[dict]
     from stores.registry import ModelRef, sha256_file
     from tasks.denoise.corrupt import CORRUPTIONS, corrupt
     from tasks.denoise.methods import METHODS, decide
-    from tasks.denoise.scores import features, fit_trusted, nearest_others, noise_scores, trusted_pairs
+    from tasks.denoise.scores import features, fit_trusted, noise_scores, trusted_pairs
     from tasks.evaluate.evaluate import score_captions
     from tasks.metrics import paired_bootstrap
     from tasks.prompts import prompt_messages
     from tasks.retrain.retrain import train
 
     subset = items.head(args.downstream_items)
-    nearest = nearest_others(subset.to_dict("records"), settings.task)
-    annotations = corrupt(subset, args.downstream_rate, settings.seed, CORRUPTIONS, nearest)
+    neighbours = _neighbour_titles(subset, outside, settings)
+    annotations = corrupt(subset, args.downstream_rate, settings.seed, CORRUPTIONS, neighbours)
     frame = _features(annotations, subset, llm(model), settings)
     logprobs = list(frame["logprobs"])
     captions, trusted_items, kind = trusted_pairs(human, subset, settings.task, settings.seed)
-    fit = fit_trusted(features(captions, trusted_items, llm(model), settings.task), kind, settings.seed)
+    trusted = features(captions, trusted_items, llm(model), settings.task, subset.to_dict("records"))
+    fit = fit_trusted(trusted, kind, settings.seed)
     cfg = settings.retrain.model_copy(update={"sft": settings.retrain.sft.model_copy(update={"max_steps": args.steps})})
     sampling, task = settings.evaluate.sampling, settings.task
     start = score_captions(heldout, llm(model), sampling, task, "start")
@@ -231,7 +251,8 @@ def _report(result: dict, out: Path) -> None:
 
     console = Console(width=140)
     table = Table(title="Noise detection on known corruptions: AUROC per noise score; AdaTaiLr's ε̂ and drops")
-    columns = ["noise", "rate", "scorer", "AUROC nll", "pmi", "content", "fitted", "ε̂ tail", "ε̂ trusted"]
+    columns = ["noise", "rate", "scorer", "AUROC nll", "pmi", "content", "contrast", "fitted", "ε̂ tail"]
+    columns += ["ε̂ trusted"]
     columns += ["P/R nll", "P/R fitted", "best baseline AUROC"]
     for column in columns:
         table.add_column(column, justify="left" if column in ("noise", "scorer") else "right")
@@ -245,7 +266,7 @@ def _report(result: dict, out: Path) -> None:
             group,
             fmt(rate, ".0%"),
             scorer,
-            *(fmt(ada.loc[score, "auroc"]) for score in ("nll", "pmi", "content", "fitted")),
+            *(fmt(ada.loc[score, "auroc"]) for score in ("nll", "pmi", "content", "contrast", "fitted")),
             fmt(ada.loc["nll", "noise_level"]),
             fmt(ada.loc["fitted", "noise_level"]),
             pr(ada.loc["nll"]),

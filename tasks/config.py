@@ -252,7 +252,8 @@ class Annotate(Strict):
 
 class Denoise(Strict):
     method: Literal["adatailr", "none", "tailr", "small_loss", "gmm"] = "adatailr"
-    score: Literal["nll", "pmi", "content", "fitted"] = "nll"  # what ranks annotations (tasks/denoise/scores.py)
+    # what ranks annotations (tasks/denoise/scores.py)
+    score: Literal["nll", "pmi", "content", "contrast", "fitted"] = "nll"
     # which of an item's candidates goes on (best-of-n): best by the noise score, by consensus (agreement with the
     # other candidates, content and NLL ranks: tasks/denoise/methods.py), or all of them
     select: Literal["best", "consensus", "all"] = "consensus"

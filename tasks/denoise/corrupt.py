@@ -6,7 +6,8 @@ Easy (they stand out of the bulk):
   truncate   the first 30-60% of the words (a caption cut off mid-phrase)
   tag_soup   3-6 random tags from the whole tag vocabulary joined by commas (a keyword dump)
 Hard (what annotators really get wrong: fluent, on topic, wrong):
-  neighbour  the title of the most similar other item (`neighbours`, e.g. by MiniLM over the items' content)
+  neighbour  the title of the most similar other item (`neighbours`, e.g. by MiniLM over the items' content; the
+             bench takes it from items outside the scored set, as an annotator's mix-up comes from what it has seen)
   detail     the title with its key term (longest word, or one with a digit) replaced by another item's key term
 """
 
@@ -28,9 +29,9 @@ def corrupt(
     rate: float,
     seed: int,
     kinds: tuple[str, ...] = EASY,
-    neighbours: np.ndarray | None = None,
+    neighbours: list[str] | None = None,
 ) -> pd.DataFrame:
-    """items: item_id, reference, tags. `kinds` are drawn uniformly; `neighbours[i]` is the row of item i's nearest
+    """items: item_id, reference, tags. `kinds` are drawn uniformly; `neighbours[i]` is the title of item i's nearest
     other item (required for 'neighbour'). Returns item_id, annotation, corruption."""
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"rate must be in [0, 1], got {rate}")
@@ -52,7 +53,7 @@ def corrupt(
         elif kind == "tag_soup":
             annotations[index] = ", ".join(rng.choice(tags, size=min(len(tags), rng.integers(3, 7)), replace=False))
         elif kind == "neighbour":
-            annotations[index] = titles[int(neighbours[index])]
+            annotations[index] = neighbours[index]
         else:
             annotations[index] = _replace_detail(titles, index, rng)
         corruptions[index] = kind

@@ -2,11 +2,11 @@
 human titles), the noisy tail is dropped (recorded, not deleted) and the kept annotations train with the method's
 TaiLr γ (`retrain` reads it from this stage).
 
-The noise score (`denoise.score`: NLL, PMI against the item-less prompt, MiniLM content distance, or a fit of the
-three on trusted human-split pairs; tasks/denoise/scores.py) and the method (`denoise.method`: AdaTaiLr by default,
-tasks/denoise/adatailr.py, or the baselines no control, fixed-γ TaiLr, small-loss filtering and a two-component GMM,
-tasks/denoise/methods.py) are params. Token log-probs come through the LLM-call cache; scoring the model's own
-finished generations costs nothing.
+The noise score (`denoise.score`: NLL, PMI against the item-less prompt, MiniLM content distance, contrast against the
+item's closest other items, or a fit of the four on trusted human-split pairs; tasks/denoise/scores.py) and the
+method (`denoise.method`: AdaTaiLr by default, tasks/denoise/adatailr.py, or the baselines no control, fixed-γ TaiLr,
+small-loss filtering and a two-component GMM, tasks/denoise/methods.py) are params. Token log-probs come through the
+LLM-call cache; scoring the model's own finished generations costs nothing.
 
 Best-of-n (`denoise.select: best` or `consensus`, with `annotate.candidates` > 1): only each item's best candidate goes
 before the method, the others are recorded as outranked. Training on the model's best of several samples (rejection
@@ -66,19 +66,19 @@ def noise_decision(
     by_id = items.set_index("item_id", drop=False)
     records = [by_id.loc[i].to_dict() for i in annotations["item_id"]]
     captions = list(annotations["caption"])
+    pool = items[items["item_id"].isin(annotations["item_id"])]
     fit, fit_metrics = None, {}
     if cfg.score == "nll":
         logprobs = token_logprobs(captions, records, llm, task, "denoise")
         frame = pd.DataFrame({"nll": mean_nll(logprobs)})
     else:
-        frame = features(captions, records, llm, task)
+        frame = features(captions, records, llm, task, pool.to_dict("records"))
         logprobs = list(frame["logprobs"])
     if cfg.score == "fitted":
         if len(trusted) < 4:
             raise InputError(f"denoise.score fitted needs at least 4 human-split items, found {len(trusted)}")
-        pool = items[items["item_id"].isin(annotations["item_id"])]
         pair_captions, pair_items, kind = trusted_pairs(trusted, pool, task, seed)
-        fit = fit_trusted(features(pair_captions, pair_items, llm, task), kind, seed)
+        fit = fit_trusted(features(pair_captions, pair_items, llm, task, pool.to_dict("records")), kind, seed)
         fit_metrics = {"trusted_tpr": fit.tpr, "trusted_fpr": fit.fpr}
     scores = noise_scores(cfg.score, frame, fit)
     selection = scores

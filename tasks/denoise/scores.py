@@ -5,10 +5,15 @@
   pmi      how little the item explains the annotation: the mean over its tokens of
            log p(a_t | no item) − log p(a_t | item). Fluency cancels; what is left is the item's evidence.
   content  1 − MiniLM cosine between the annotation and the item's content (abstract, else curator comment).
+  contrast how much better the annotation fits one of the item's closest other items than the item itself: the
+           max over its NEIGHBOURS nearest items of the pool being scored (MiniLM over content) of
+           mean log p(a | neighbour) − mean log p(a | item). A right title fits its own item best; the title of a
+           similar item, fluent and on topic, often fits that item's neighbourhood better. It needs close
+           neighbours in the pool: with a small or scattered pool it says little.
   fitted   how likely wrong, from two detectors fitted on trusted pairs of the human split:
-           wrong item   a logistic regression on nll, pmi and content; each human title with its own item (right)
-                        and with two other items of the pool it is scored among (wrong): the one whose content is
-                        most like its own (the hard way) and a random one;
+           wrong item   a logistic regression on nll, pmi, content and contrast; each human title with its own item
+                        (right) and with two other items of the pool it is scored among (wrong): the one whose
+                        content is most like its own (the hard way) and a random one;
            unfinished   a logistic regression on `end` (the NLL of the end-of-caption token: does the model expect
                         the caption to stop there?) and nll; each human title whole (right) and cut after 30-60% of
                         its words (wrong: what a generation stopped at its token limit looks like).
@@ -36,8 +41,9 @@ from tasks.denoise.corrupt import truncate
 from tasks.llm.embeddings import embed, similarity
 from tasks.prompts import item_content, prompt_messages
 
-SCORES = ("nll", "pmi", "content", "fitted")
-WRONG_ITEM = ["nll", "pmi", "content"]
+SCORES = ("nll", "pmi", "content", "contrast", "fitted")
+WRONG_ITEM = ["nll", "pmi", "content", "contrast"]
+NEIGHBOURS = 3  # contrast: each annotation is also scored with this many of its item's closest other items
 UNFINISHED = ["end", "nll"]
 DETECTORS = (("wrong_item", WRONG_ITEM), ("unfinished", UNFINISHED))  # (the wrong pairs' kind, its features)
 
@@ -48,16 +54,19 @@ def token_logprobs(captions: list[str], items: list[dict], llm, task: Task, desc
     return [np.asarray(s.token_logprobs) for s in llm.score(prompts, captions, desc=desc)]
 
 
-def features(captions: list[str], items: list[dict], llm, task: Task) -> pd.DataFrame:
-    """nll, pmi, content and end (the end-of-caption token's NLL) of each (caption, item), plus the conditional token
-    log-probs (TaiLr weights use them)."""
+def features(captions: list[str], items: list[dict], llm, task: Task, pool: list[dict]) -> pd.DataFrame:
+    """nll, pmi, content, contrast (against neighbours from `pool`, the items the annotations are scored among) and
+    end (the end-of-caption token's NLL) of each (caption, item), plus the conditional token log-probs (TaiLr weights
+    use them)."""
     conditional = token_logprobs(captions, items, llm, task, "denoise")
     unconditional = token_logprobs(captions, [{}] * len(captions), llm, task, "denoise/prior")
+    own_fit = np.array([float(np.mean(lp)) for lp in conditional])
     return pd.DataFrame(
         {
-            "nll": [-float(np.mean(lp)) for lp in conditional],
+            "nll": -own_fit,
             "pmi": [float(np.mean(u - c)) for c, u in zip(conditional, unconditional)],
             "content": content_distance(captions, items, task),
+            "contrast": contrast(captions, items, own_fit, pool, llm, task),
             "end": [-float(lp[-1]) if len(lp) else 0.0 for lp in conditional],
             "logprobs": conditional,
         }
@@ -72,12 +81,33 @@ def content_distance(captions: list[str], items: list[dict], task: Task) -> np.n
     return 1.0 - similarity([c.strip() or "(empty)" for c in captions], contents)
 
 
-def nearest_others(records: list[dict], task: Task) -> np.ndarray:
-    """Each item's most similar other item (row index), by MiniLM over its content."""
-    vectors = embed([item_content(r, task) or r["reference"] for r in records])
-    closeness = vectors @ vectors.T
-    np.fill_diagonal(closeness, -np.inf)
-    return closeness.argmax(axis=1)
+def contrast(
+    captions: list[str], items: list[dict], own_fit: np.ndarray, pool: list[dict], llm, task: Task
+) -> np.ndarray:
+    """max over the item's NEIGHBOURS closest other items of `pool` of the caption's mean token log-prob given that
+    item, minus `own_fit` (given its own item); 0 where the pool holds no other item."""
+    closest = nearest(items, pool, task, NEIGHBOURS)
+    if not captions or closest.shape[1] == 0:
+        return np.zeros(len(captions))
+    best = np.full(len(captions), -np.inf)
+    for column in closest.T:
+        fits = token_logprobs(captions, [pool[j] for j in column], llm, task, "denoise/neighbours")
+        best = np.maximum(best, [float(np.mean(lp)) for lp in fits])
+    return best - own_fit
+
+
+def nearest(records: list[dict], pool: list[dict], task: Task, count: int) -> np.ndarray:
+    """(len(records), count) rows of `pool`: each record's most similar items there, closest first, never its own
+    item (MiniLM over content, else the title)."""
+    count = min(count, len(pool) - 1)
+    if not records or count <= 0:
+        return np.zeros((len(records), 0), dtype=int)
+    text = lambda r: item_content(r, task) or r.get("reference") or ""  # noqa: E731
+    closeness = embed([text(r) for r in records]) @ embed([text(r) for r in pool]).T
+    pool_ids = np.array([r.get("item_id") for r in pool], dtype=object)
+    for row, record in enumerate(records):
+        closeness[row, pool_ids == record.get("item_id")] = -np.inf
+    return np.argsort(-closeness, axis=1, kind="stable")[:, :count]
 
 
 def trusted_pairs(
@@ -91,11 +121,11 @@ def trusted_pairs(
     records = human.to_dict("records")
     ids = {r["item_id"] for r in records}
     candidates = records + [r for r in pool.to_dict("records") if r["item_id"] not in ids]
-    nearest = nearest_others(candidates, task)[: len(records)]
+    closest = nearest(records, candidates, task, 1)[:, 0]
     random_other = [(i + 1 + rng.integers(len(candidates) - 1)) % len(candidates) for i in range(len(records))]
     titles = [r["reference"] for r in records]
     captions = titles * 3 + [truncate(title, rng) for title in titles]
-    items = records + [candidates[j] for j in nearest] + [candidates[j] for j in random_other] + records
+    items = records + [candidates[j] for j in closest] + [candidates[j] for j in random_other] + records
     kind = np.array(["right"] * len(records) + ["wrong_item"] * 2 * len(records) + ["unfinished"] * len(records))
     return captions, items, kind
 

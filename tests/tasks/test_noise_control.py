@@ -106,7 +106,7 @@ def test_the_corruptor_is_seeded_and_labels_what_it_did():
 def test_hard_corruptions_stay_fluent_titles_and_are_wrong():
     titles = ["Graph neural networks for molecules", "BERT: pre-training of deep transformers", "Llama 2 explained"]
     items = pd.DataFrame({"item_id": ["a", "b", "c"], "reference": titles, "tags": [["x"], ["y"], ["z"]]})
-    neighbours = np.array([1, 2, 0])
+    neighbours = [titles[1], titles[2], titles[0]]
     swapped = corrupt(items, 1.0, seed=0, kinds=("neighbour",), neighbours=neighbours)
     assert list(swapped["annotation"]) == [titles[1], titles[2], titles[0]]
     detailed = corrupt(items, 1.0, seed=0, kinds=("detail",))
@@ -117,22 +117,57 @@ def test_hard_corruptions_stay_fluent_titles_and_are_wrong():
         corrupt(items, 0.5, seed=0, kinds=("neighbour",))
 
 
+def test_contrast_is_high_only_for_a_title_that_fits_one_of_its_items_neighbours_better():
+    """A stand-in scorer (word overlap, not the model: the real one runs in the test below) gives each caption word
+    log-prob 0 where the item's prompt holds it, −3 where not."""
+    from types import SimpleNamespace
+
+    from tasks.denoise.scores import contrast, nearest, token_logprobs
+
+    class WordOverlapScorer:
+        def score(self, prompts, captions, desc):
+            texts = [" ".join(m["content"] for m in messages).lower() for messages in prompts]
+            return [
+                SimpleNamespace(token_logprobs=[0.0 if w in text else -3.0 for w in caption.lower().split()])
+                for text, caption in zip(texts, captions)
+            ]
+
+    abstracts = [
+        "graph neural networks predict properties of molecules",
+        "graph neural networks predict the structure of proteins",
+        "speech recognition with recurrent networks on audio",
+        "dense passage retrieval for open-domain question answering",
+    ]
+    pool = [{"item_id": f"i{n}", "reference": a, "abstract": a} for n, a in enumerate(abstracts)]
+    task = Task(max_field_chars=300)
+    closest = nearest(pool, pool, task, 2)
+    assert closest.shape == (4, 2) and all(row not in closest[row] for row in range(4))
+    assert closest[0, 0] == 1 and closest[1, 0] == 0  # the two graph items are each other's nearest
+    captions = ["graph networks molecules", "graph networks proteins"]  # the first item's title, then its neighbour's
+    scorer, own_items = WordOverlapScorer(), [pool[0], pool[0]]
+    own_fit = np.array([lp.mean() for lp in token_logprobs(captions, own_items, scorer, task, "own")])
+    assert own_fit.tolist() == [0.0, -1.0]
+    scores = contrast(captions, own_items, own_fit, pool, scorer, task)
+    assert scores.tolist() == [-1.0, 1.0]  # its own title fits no neighbour as well; the neighbour's fits it fully
+    assert contrast(captions, own_items, own_fit, pool[:1], scorer, task).tolist() == [0, 0]  # no other item
+
+
 def test_the_trusted_fit_catches_both_kinds_of_wrong_and_estimates_the_noise_level_by_adjusted_count():
     from sklearn.metrics import roc_auc_score
 
     from tasks.denoise.scores import fit_trusted
 
     rng = np.random.default_rng(0)
-    columns = ["nll", "pmi", "content", "end"]
+    columns = ["nll", "pmi", "content", "contrast", "end"]
 
     def pairs(right: int, wrong_item: int, unfinished: int) -> pd.DataFrame:
-        # a wrong item sits higher on pmi and content, an unfinished caption on end; both overlap the right ones
-        shift = np.r_[np.zeros((right, 4)), np.tile([0.0, 1.2, 1.2, 0.0], (wrong_item, 1))]
-        shift = np.r_[shift, np.tile([0.0, 0.0, 0.0, 2.0], (unfinished, 1))]
-        return pd.DataFrame(rng.normal(0.0, 1.0, (len(shift), 4)) + shift, columns=columns)
+        # a wrong item sits higher on pmi, content and contrast, an unfinished caption on end; both overlap the right
+        shift = np.r_[np.zeros((right, 5)), np.tile([0.0, 1.2, 1.2, 0.8, 0.0], (wrong_item, 1))]
+        shift = np.r_[shift, np.tile([0.0, 0.0, 0.0, 0.0, 2.0], (unfinished, 1))]
+        return pd.DataFrame(rng.normal(0.0, 1.0, (len(shift), 5)) + shift, columns=columns)
 
-    kind = np.array(["right"] * 200 + ["wrong_item"] * 200 + ["unfinished"] * 200)
-    fit = fit_trusted(pairs(200, 200, 200), kind, seed=0)
+    kind = np.array(["right"] * 600 + ["wrong_item"] * 600 + ["unfinished"] * 600)  # enough for ε̂ within 0.06
+    fit = fit_trusted(pairs(600, 600, 600), kind, seed=0)
     assert 0.6 < fit.tpr < 0.95 and 0.05 < fit.fpr < 0.4  # imperfect on purpose
     for rate in (0.0, 0.1, 0.2, 0.4):
         wrong = round(rate * 1000)
@@ -251,7 +286,7 @@ def test_every_noise_score_runs_on_the_real_model_and_the_fitted_one_reports_its
     model = ModelRef("flywheel-policy", 1, "fingerprint-for-test", tmp_path)
     with Store.open(tmp_path / "s.duckdb") as store:
         llm = CachedLLM(lambda ref: backend, LLMCallCache(store.con), model, progress=False)
-        for score in ("nll", "pmi", "content", "fitted"):
+        for score in ("nll", "pmi", "content", "contrast", "fitted"):
             cfg = Denoise(score=score)
             decision, fit = noise_decision(cfg, annotations, items, trusted, llm, Task(max_field_chars=300), seed=0)
             assert len(decision.noise_score) == 5 and np.isfinite(decision.noise_score).all()
