@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--items", type=Path, required=True, help="JSONL in the item schema, optional `annotation`")
     score.add_argument("--out", type=Path, required=True, help="JSONL with a noise score and a keep/drop per line")
     score.add_argument("--method", default=None, help="noise-control method (default: denoise.method in params)")
-    score.add_argument("--score", default=None, help="nll | pmi | content | contrast | fitted (default: denoise.score)")
+    score.add_argument(
+        "--score", default="fitted", help="nll | pmi | content | contrast | fitted (default: the trusted fit)"
+    )
     rag = commands.add_parser("rag", help="DMQR-RAG retrieval evaluation").add_subparsers(dest="action", required=True)
     rag_eval = rag.add_parser("eval", help="evaluate query-rewriting configs on a BEIR-layout benchmark")
     rag_eval.add_argument("--corpus", type=Path, required=True, help="corpus.jsonl: _id, title, text")

@@ -70,6 +70,8 @@ def test_denoise_score_on_any_items_file(tmp_path, capsys):
                 str(out),
                 "--method",
                 "small_loss",
+                "--score",
+                "nll",
             ]
         )
         == 0
@@ -86,14 +88,9 @@ def test_denoise_score_on_any_items_file(tmp_path, capsys):
     assert "items.jsonl line 5" in reject["reason"] and "field reference" in reject["reason"]
 
     params = write_params(tmp_path, {"denoise": {"trusted_items": 6}})  # the fit's trusted pairs: the project's own
-    assert (
-        main(
-            ["--params", str(params), "denoise", "score", "--items", str(items), "--out", str(out), "--score", "fitted"]
-        )
-        == 0
-    )
+    assert main(["--params", str(params), "denoise", "score", "--items", str(items), "--out", str(out)]) == 0
     fitted = [json.loads(line) for line in out.read_text().splitlines()]
-    # log(LR wrong item + LR unfinished) from the trusted fit: finite, and it tells the annotations apart
+    # by default the trusted fit's log(LR wrong item + LR unfinished): finite, and it tells the annotations apart
     assert all(math.isfinite(r["noise_score"]) for r in fitted) and len({r["noise_score"] for r in fitted}) > 1
 
 

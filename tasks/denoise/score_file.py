@@ -2,8 +2,10 @@
 
 Input: JSONL in the project's item schema (tasks/ingest/ingest.py `ItemRecord`) with an optional `annotation` per
 line (default: the line's `reference`). Each annotation is scored by the current `champion` given its item, through the
-project store's LLM-call cache, and the chosen noise-control method decides (`denoise.score: fitted` fits on the
-project's human split: the first `denoise.trusted_items` human items of its data source). Output: JSONL with
+project store's LLM-call cache, and the chosen noise-control method decides. The CLI's score is `fitted` unless
+told otherwise: it fits on the project's human split (the first `denoise.trusted_items` human items of its data
+source), whose titles are what a file of human-written annotations looks like; the turn's `denoise.score` (`nll`)
+suits the model's own samples, whose style the trusted fit has not seen. Output: JSONL with
 item_id, annotation, method, noise_score, threshold, kept, reason, plus the run's gamma and noise_level; lines that
 could not be used go to `<out>.rejects.jsonl` with file, line and field.
 """
