@@ -133,35 +133,44 @@ def _neighbour_titles(items: pd.DataFrame, outside: pd.DataFrame, settings) -> l
     return [others[j]["reference"] for j in nearest(items.to_dict("records"), others, settings.task, 1)[:, 0]]
 
 
+AUROC_COLUMNS = ("nll", "pmi", "content", "contrast", "fitted_without_contrast", "fitted")
 KIND_GROUPS = {"easy": ("swap", "truncate", "tag_soup"), "neighbour": ("neighbour",), "detail": ("detail",)}
 
 
 def _detection(items, outside, human, models, llm, settings, rates) -> list[dict]:
     """Per corruption group, rate and scorer: AUROC of every noise score, and what AdaTaiLr drops with it (ε̂ from
-    the tail for nll/pmi/content, from the trusted human-split fit for `fitted`); the baselines on the NLL."""
+    the tail for nll/pmi/content/contrast, from the trusted human-split fit for `fitted` and for the same fit
+    without the contrast feature, the ablation that says what contrast adds); the baselines on the NLL."""
     from sklearn.metrics import roc_auc_score
 
     from tasks.denoise.corrupt import corrupt
     from tasks.denoise.methods import METHODS, decide
-    from tasks.denoise.scores import SCORES, features, fit_trusted, noise_scores, trusted_pairs
+    from tasks.denoise.scores import SCORES, WRONG_ITEM, features, fit_trusted, noise_scores, trusted_pairs
 
     neighbours = _neighbour_titles(items, outside, settings)
     captions, trusted_items, kind = trusted_pairs(human, items, settings.task, settings.seed)
     rows = []
     for name, model in models.items():
         trusted = features(captions, trusted_items, llm(model), settings.task, items.to_dict("records"))
-        fit = fit_trusted(trusted, kind, settings.seed)
+        without_contrast = tuple(f for f in WRONG_ITEM if f != "contrast")
+        fits = {
+            "fitted": fit_trusted(trusted, kind, settings.seed),
+            "fitted_without_contrast": fit_trusted(trusted, kind, settings.seed, without_contrast),
+        }
         for group, kinds in KIND_GROUPS.items():
             for rate in rates:
                 annotations = corrupt(items, rate, settings.seed, kinds, neighbours)
                 noisy = (annotations["corruption"] != "").to_numpy()
                 frame = _features(annotations, items, llm(model), settings)
                 logprobs = list(frame["logprobs"])
-                runs = [("adatailr", score) for score in SCORES] + [(m, "nll") for m in METHODS if m != "adatailr"]
+                runs = [("adatailr", score) for score in (*SCORES, "fitted_without_contrast")]
+                runs += [(m, "nll") for m in METHODS if m != "adatailr"]
                 for method, score in runs:
                     cfg = settings.denoise.model_copy(update={"method": method})
-                    level = fit.noise_level(frame) if score == "fitted" else None
-                    decision = decide(method, logprobs, cfg, 0, noise_scores(score, frame, fit), level)
+                    fit = fits.get(score, fits["fitted"])
+                    level = fit.noise_level(frame) if score in fits else None
+                    ranks = fit.score(frame) if score in fits else noise_scores(score, frame, None)
+                    decision = decide(method, logprobs, cfg, 0, ranks, level)
                     dropped = ~decision.kept
                     auroc = None if method == "none" else float(roc_auc_score(noisy, decision.noise_score))
                     rows.append(
@@ -249,10 +258,10 @@ def _report(result: dict, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=140)
+    console = Console(width=180)
     table = Table(title="Noise detection on known corruptions: AUROC per noise score; AdaTaiLr's ε̂ and drops")
-    columns = ["noise", "rate", "scorer", "AUROC nll", "pmi", "content", "contrast", "fitted", "ε̂ tail"]
-    columns += ["ε̂ trusted"]
+    columns = ["noise", "rate", "scorer", "AUROC nll", "pmi", "content", "contrast", "fitted w/o contrast"]
+    columns += ["fitted", "ε̂ tail", "ε̂ trusted w/o contrast", "ε̂ trusted"]
     columns += ["P/R nll", "P/R fitted", "best baseline AUROC"]
     for column in columns:
         table.add_column(column, justify="left" if column in ("noise", "scorer") else "right")
@@ -266,9 +275,8 @@ def _report(result: dict, out: Path) -> None:
             group,
             fmt(rate, ".0%"),
             scorer,
-            *(fmt(ada.loc[score, "auroc"]) for score in ("nll", "pmi", "content", "contrast", "fitted")),
-            fmt(ada.loc["nll", "noise_level"]),
-            fmt(ada.loc["fitted", "noise_level"]),
+            *(fmt(ada.loc[score, "auroc"]) for score in AUROC_COLUMNS),
+            *(fmt(ada.loc[score, "noise_level"]) for score in ("nll", "fitted_without_contrast", "fitted")),
             pr(ada.loc["nll"]),
             pr(ada.loc["fitted"]),
             fmt(baselines["auroc"].max() if len(baselines) else None),

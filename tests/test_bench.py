@@ -47,7 +47,14 @@ def test_noise_control_bench_smoke(tmp_path):
     methods = {"adatailr", "none", "tailr", "small_loss", "gmm"}
     assert {r["method"] for r in result["detection"]} == methods
     assert all(0 <= r["auroc"] <= 1 for r in result["detection"] if r["method"] != "none")
-    assert {r["score"] for r in result["detection"]} == {"nll", "pmi", "content", "contrast", "fitted"}
+    assert {r["score"] for r in result["detection"]} == {
+        "nll",
+        "pmi",
+        "content",
+        "contrast",
+        "fitted",
+        "fitted_without_contrast",
+    }
     assert {r["corruption"] for r in result["detection"]} == {"easy", "neighbour", "detail"}
     assert {r["method"] for r in result["downstream"]} == methods | {"(starting model)", "adatailr+fitted"}
 

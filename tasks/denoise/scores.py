@@ -45,7 +45,6 @@ SCORES = ("nll", "pmi", "content", "contrast", "fitted")
 WRONG_ITEM = ["nll", "pmi", "content", "contrast"]
 NEIGHBOURS = 3  # contrast: each annotation is also scored with this many of its item's closest other items
 UNFINISHED = ["end", "nll"]
-DETECTORS = (("wrong_item", WRONG_ITEM), ("unfinished", UNFINISHED))  # (the wrong pairs' kind, its features)
 
 
 def token_logprobs(captions: list[str], items: list[dict], llm, task: Task, desc: str) -> list[np.ndarray]:
@@ -132,18 +131,19 @@ def trusted_pairs(
 
 @dataclass(frozen=True)
 class TrustedFit:
-    """The two detectors (standardized logistic regressions), the score above which an annotation is called wrong
-    and the cross-validated error rates there on the trusted pairs."""
+    """The two detectors (standardized logistic regressions) and the wrong-item one's features, the score above
+    which an annotation is called wrong and the cross-validated error rates there on the trusted pairs."""
 
     wrong_item: object
     unfinished: object
     threshold: float
     tpr: float
     fpr: float
+    wrong_item_features: tuple[str, ...] = tuple(WRONG_ITEM)
 
     def score(self, frame: pd.DataFrame) -> np.ndarray:
         return joint_score(
-            self.wrong_item.decision_function(frame[WRONG_ITEM].to_numpy()),
+            self.wrong_item.decision_function(frame[list(self.wrong_item_features)].to_numpy()),
             self.unfinished.decision_function(frame[UNFINISHED].to_numpy()),
         )
 
@@ -160,11 +160,14 @@ def joint_score(wrong_item: np.ndarray, unfinished: np.ndarray) -> np.ndarray:
     return np.logaddexp(wrong_item, unfinished)
 
 
-def fit_trusted(trusted: pd.DataFrame, kind: np.ndarray, seed: int) -> TrustedFit:
+def fit_trusted(
+    trusted: pd.DataFrame, kind: np.ndarray, seed: int, wrong_item_features: tuple[str, ...] = tuple(WRONG_ITEM)
+) -> TrustedFit:
     """Each detector is fitted on the right pairs against its kind of wrong one; its out-of-fold log-odds on its own
     pairs and its plain ones on the other kind's give the joint score's error rates. The threshold is where they
     are furthest apart (tpr − fpr largest: the adjusted count's least variance, Forman's "max" rule), not at even
-    odds, where two detectors that each call half their pairs wrong call too many clean ones together."""
+    odds, where two detectors that each call half their pairs wrong call too many clean ones together.
+    `wrong_item_features` other than the default are for ablations (the bench's fit without contrast)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
@@ -172,7 +175,7 @@ def fit_trusted(trusted: pd.DataFrame, kind: np.ndarray, seed: int) -> TrustedFi
 
     kind = np.asarray(kind)
     detectors, honest = {}, {}
-    for wrong_kind, columns in DETECTORS:
+    for wrong_kind, columns in (("wrong_item", list(wrong_item_features)), ("unfinished", UNFINISHED)):
         rows = np.isin(kind, ["right", wrong_kind])
         x, wrong = trusted.loc[rows, columns].to_numpy(), (kind[rows] == wrong_kind).astype(int)
         model = make_pipeline(StandardScaler(), LogisticRegression())
@@ -185,7 +188,9 @@ def fit_trusted(trusted: pd.DataFrame, kind: np.ndarray, seed: int) -> TrustedFi
     wrong = kind != "right"
     rates = [(float((score[wrong] >= t).mean()), float((score[~wrong] >= t).mean()), t) for t in score]
     tpr, fpr, threshold = max(rates, key=lambda r: r[0] - r[1])
-    return TrustedFit(detectors["wrong_item"], detectors["unfinished"], float(threshold), tpr, fpr)
+    return TrustedFit(
+        detectors["wrong_item"], detectors["unfinished"], float(threshold), tpr, fpr, tuple(wrong_item_features)
+    )
 
 
 def noise_scores(score: str, frame: pd.DataFrame, fit: TrustedFit | None) -> np.ndarray:
