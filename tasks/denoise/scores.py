@@ -102,7 +102,8 @@ def nearest(records: list[dict], pool: list[dict], task: Task, count: int) -> np
     if not records or count <= 0:
         return np.zeros((len(records), 0), dtype=int)
     text = lambda r: item_content(r, task) or r.get("reference") or ""  # noqa: E731
-    closeness = embed([text(r) for r in records]) @ embed([text(r) for r in pool]).T
+    texts, rows = np.unique([text(r) for r in records], return_inverse=True)  # many candidates share one item
+    closeness = embed(list(texts))[rows.ravel()] @ embed([text(r) for r in pool]).T
     pool_ids = np.array([r.get("item_id") for r in pool], dtype=object)
     for row, record in enumerate(records):
         closeness[row, pool_ids == record.get("item_id")] = -np.inf
