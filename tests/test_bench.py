@@ -63,7 +63,10 @@ def test_noise_control_bench_smoke(tmp_path):
     "bench, args",
     [
         ("scale", ["--sizes", "300", "1200"]),
-        ("generation", ["--prompts", "4", "--max-new-tokens", "8", "--best-of", "2", "--no-vllm"]),
+        (
+            "generation",
+            ["--prompts", "4", "--baseline-prompts", "2", "--max-new-tokens", "8", "--best-of", "2", "--no-vllm"],
+        ),
         ("retrieval_speed", ["--rewrite-queries", "4"]),
         ("dpo", ["--pairs", "2", "--epochs", "2"]),
     ],

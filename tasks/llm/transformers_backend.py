@@ -3,8 +3,12 @@
 Sampling is seeded per row: a logits processor draws each row's next token with that row's own generator (or takes
 the argmax when greedy) and masks every other token, so `generate` under greedy search emits exactly the drawn token.
 A completion therefore depends on (prompt, sampling, seed) only, not on which other prompts share its batch, which
-is what the LLM-call cache key promises (exactly in float32; in bfloat16 a batch's padding can move a logit by a
-rounding step, so a near-tie may go the other way). The same processor records each drawn token's untempered log-prob.
+is what the LLM-call cache key promises, exactly in float32. In bfloat16 a batch's shape moves logits by rounding
+steps, and over a caption's tokens that is enough to change a draw: 0 of 16 bundled caption prompts (T 0.7, 32
+tokens) sampled the same batched as alone, before the chunked prefill below and after it. A run from scratch on the
+same inputs makes the same batches and draws the same; a resumed run batches what is left differently, and its bf16
+draws are other samples from the same distribution, not the same tokens.
+The same processor records each drawn token's untempered log-prob.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from transformers import (
     AttentionMaskInterface,
     AutoModelForCausalLM,
     AutoTokenizer,
-    Cache,
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
@@ -30,9 +33,10 @@ from tasks.config import Sampling
 from tasks.llm.backend import Generation, Messages, Scored
 
 DECODE_ATTENTION = "flywheel_decode"
-# A generation batch holds up to `batch_size` distinct prompts and up to this many times `batch_size` rows: rows
-# that repeat a prompt (best-of-n) share its prefill and cost little more. 64 rows of 8 prompts x 8 took 9.0 s at
-# 64 rows a batch, 16.2 s at 16; 32 distinct greedy prompts 14.5 s at 16, 16.5 s at 64 (one process, bf16, /tmp).
+# A generation batch decodes up to this many times `batch_size` rows together, prefilled in chunks of `batch_size`
+# distinct prompts; rows that repeat a prompt (best-of-n) share its prefill. 64 rows of 8 prompts x 8 took 9.0 s at
+# 64 rows a batch, 16.2 s at 16 (one process, bf16). 128 or 256 rows a batch were no faster than 64 for 32 prompts
+# x 8 (22.7-26.5 s each way, alternating in one process): decoding steps run at the 64-row matmul rate or better.
 ROWS_PER_PROMPT_BATCH = 4
 
 
@@ -134,6 +138,11 @@ class TransformersBackend:
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
         return ids, mask
 
+    def _right_pad(self, rows: list[list[int]], width: int) -> tuple[list[list[int]], list[list[int]]]:
+        """Rows padded on the right to `width`, and their attention masks."""
+        padded = [r + [self.pad_id] * (width - len(r)) for r in rows]
+        return padded, [[1] * len(r) + [0] * (width - len(r)) for r in rows]
+
     def _batches(self, lengths: list[int]) -> list[list[int]]:
         """Row indices in batches of similar length. Left padding to a batch's longest prompt wasted 38% of the
         prefill tokens of the 210 held-out caption prompts in their stored order (batch 16), 5% sorted by length."""
@@ -141,19 +150,10 @@ class TransformersBackend:
         return [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
 
     def _generation_batches(self, rows: list[list[int]]) -> list[list[int]]:
-        """Row indices sorted by length with a prompt's rows together, cut at `batch_size` distinct prompts or
-        `rows_per_call` rows."""
-        batches: list[list[int]] = []
-        distinct = 0  # prompts in the last batch
-        for index in sorted(range(len(rows)), key=lambda i: (len(rows[i]), rows[i])):
-            repeat = bool(batches) and rows[batches[-1][-1]] == rows[index]
-            if batches and len(batches[-1]) < self.rows_per_call and (repeat or distinct < self.batch_size):
-                batches[-1].append(index)
-                distinct += not repeat
-            else:
-                batches.append([index])
-                distinct = 1
-        return batches
+        """Row indices sorted by length with a prompt's rows together, `rows_per_call` rows a batch: a batch decodes
+        together, and its prefill runs in chunks of `batch_size` distinct prompts (`_prefill`)."""
+        order = sorted(range(len(rows)), key=lambda i: (len(rows[i]), rows[i]))
+        return [order[start : start + self.rows_per_call] for start in range(0, len(order), self.rows_per_call)]
 
     @torch.inference_mode()
     def generate(self, prompts: list[Messages], sampling: Sampling, seeds: list[int]) -> list[Generation]:
@@ -165,32 +165,55 @@ class TransformersBackend:
                 results[index] = generation
         return results
 
-    def _shared_prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Cache | None = None):
-        """The KV cache of every row's prompt but its last token, computed once per distinct prompt and copied to
-        its rows; None when every row differs. Best-of-n annotation and the preference matrix send one prompt n
-        times, and a caption prompt's prefill is most of its cost (~300 prompt tokens for ~15 generated)."""
-        keyed = torch.cat([input_ids, attention_mask], dim=1)
-        distinct, rows_of = torch.unique(keyed, dim=0, return_inverse=True)
-        if len(distinct) == len(keyed):
-            return None
-        ids, mask = distinct[:, : input_ids.shape[1]], distinct[:, input_ids.shape[1] :]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = self.model(
-            input_ids=ids[:, :-1],
-            attention_mask=mask[:, :-1],
-            position_ids=positions[:, :-1],
-            past_key_values=cache,
-            use_cache=True,
-        ).past_key_values
-        cache.reorder_cache(rows_of)
-        return cache
+    def _prefill(self, prefixes: list[list[int]], cache: StaticCache) -> None:
+        """Fill `cache` with each row's `prefix` (its prompt but the last token), right-padded to the longest.
+        Each distinct prefix runs once, in chunks of `batch_size` distinct prefixes of similar length, right-padded
+        within the chunk, so causal attention needs no padding mask; its keys and values are copied to every row
+        that sends it. Best-of-n annotation and the preference matrix send one prompt n times, and a caption
+        prompt's prefill is most of its cost (~300 prompt tokens for ~15 generated). Prefilling a whole decode batch
+        at once, left-padded, spent a fifth of the time in masked attention and more on padding (torch profiler)."""
+        groups = self._rows_by_prefix(prefixes)
+        for start in range(0, len(groups), self.batch_size):
+            chunk = groups[start : start + self.batch_size]
+            width = len(chunk[-1][0])
+            if width == 0:
+                continue
+            computed = self.model(
+                input_ids=torch.tensor(self._right_pad([prefix for prefix, _ in chunk], width)[0]),
+                use_cache=True,
+                logits_to_keep=1,
+            ).past_key_values
+            rows = torch.tensor([row for _, rows in chunk for row in rows])
+            sources = torch.tensor([i for i, (_, rows) in enumerate(chunk) for _ in rows])
+            for layer, chunk_layer in zip(cache.layers, computed.layers):
+                if not layer.is_initialized:
+                    shape = (len(prefixes), *chunk_layer.keys.shape[1:2], 0, chunk_layer.keys.shape[-1])
+                    layer.lazy_initialization(chunk_layer.keys.new_empty(shape), chunk_layer.values.new_empty(shape))
+                layer.keys[rows, :, :width] = chunk_layer.keys[sources]
+                layer.values[rows, :, :width] = chunk_layer.values[sources]
+        for layer in cache.layers:
+            if layer.is_initialized:
+                layer.cumulative_length.fill_(len(groups[-1][0]))
+
+    @staticmethod
+    def _rows_by_prefix(prefixes: list[list[int]]) -> list[tuple[list[int], list[int]]]:
+        """Each distinct prefix and the rows that send it, shortest first."""
+        rows_of: dict[tuple[int, ...], list[int]] = {}
+        for row, prefix in enumerate(prefixes):
+            rows_of.setdefault(tuple(prefix), []).append(row)
+        return [(list(prefix), rows_of[prefix]) for prefix in sorted(rows_of, key=lambda p: (len(p), p))]
 
     def _generate_batch(self, rows: list[list[int]], sampling: Sampling, seeds: list[int]) -> list[Generation]:
-        input_ids, attention_mask = self._left_pad(rows)
+        # each row: its prompt but the last token, right-padded (the prefilled cache), then the last token; the
+        # attention mask skips the gap and positions count real tokens only
+        width = max(len(r) for r in rows) - 1
+        prefixes, prefix_mask = self._right_pad([r[:-1] for r in rows], width)
+        input_ids = torch.tensor([p + [r[-1]] for p, r in zip(prefixes, rows)])
+        attention_mask = torch.tensor([m + [1] for m in prefix_mask])
         # a preallocated cache: the default one grows by concatenation, which copied every layer's keys and values
         # at every step (a third of generation time at 64 rows)
         cache = StaticCache(config=self.model.config, max_cache_len=input_ids.shape[1] + sampling.max_new_tokens)
-        self._shared_prefill(input_ids, attention_mask, cache)
+        self._prefill([r[:-1] for r in rows], cache)
         sampler = SeededSampler(seeds, sampling)
         config = GenerationConfig(
             max_new_tokens=sampling.max_new_tokens, do_sample=False, eos_token_id=self.eos_id, pad_token_id=self.pad_id
@@ -239,18 +262,19 @@ class TransformersBackend:
 
     def _score_after_prefix(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
         """Rows that share a prompt (n candidates of one item): each distinct prompt but its last token runs once
-        (`_shared_prefill`), then every row feeds its prompt's last token and its completion, right-padded."""
-        prompt_ids, prompt_mask = self._left_pad([p for p, _ in pairs])
-        prefix = self._shared_prefill(prompt_ids, prompt_mask)
+        (`_prefill`), then every row feeds its prompt's last token and its completion, right-padded."""
+        prefix_width = max(len(p) for p, _ in pairs) - 1
+        _, prefix_mask = self._right_pad([p[:-1] for p, _ in pairs], prefix_width)
         width = max(len(c) for _, c in pairs)
-        fed = torch.tensor([[p[-1], *c[:-1]] + [self.pad_id] * (width - len(c)) for p, c in pairs])
-        fed_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for _, c in pairs])
-        start = prompt_mask.sum(-1, keepdim=True) - 1  # the last prompt token's position
+        fed, fed_mask = self._right_pad([[p[-1], *c[:-1]] for p, c in pairs], width)
+        cache = StaticCache(config=self.model.config, max_cache_len=prefix_width + width)
+        self._prefill([p[:-1] for p, _ in pairs], cache)
+        start = torch.tensor([[len(p) - 1] for p, _ in pairs])  # the last prompt token's position
         logits = self.model(
-            input_ids=fed,
-            attention_mask=torch.cat([prompt_mask[:, :-1], fed_mask], dim=1),
+            input_ids=torch.tensor(fed),
+            attention_mask=torch.tensor([m + f for m, f in zip(prefix_mask, fed_mask)]),
             position_ids=start + torch.arange(width),
-            past_key_values=prefix,
+            past_key_values=cache,
         ).logits.float()
         return [_picked(logits[row, : len(c)], c) for row, (_, c) in enumerate(pairs)]
 

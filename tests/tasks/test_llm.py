@@ -27,19 +27,24 @@ def test_a_completion_depends_on_prompt_and_seed_not_on_the_batch(backend):
 
 
 def test_a_prompt_sent_n_times_is_prefilled_once_and_samples_as_if_alone(backend, monkeypatch):
-    shared, distinct_rows = backend._shared_prefill, []
+    prefilled = []  # rows of each forward pass that starts without a cache: the prefill chunks
 
-    def spy(ids, mask, cache=None):
-        cache = shared(ids, mask, cache)
-        distinct_rows.append(None if cache is None else len(ids.unique(dim=0)))
-        return cache
+    def record(module, args, kwargs):
+        if kwargs.get("past_key_values") is None:
+            prefilled.append(kwargs["input_ids"].shape[0])
 
-    monkeypatch.setattr(backend, "_shared_prefill", spy)
-    together = backend.generate([LONG, LONG, SHORT, LONG], SAMPLED, [1, 2, 7, 3])
-    assert distinct_rows == [2]  # one batch, two distinct prompts prefilled
-    monkeypatch.setattr(backend, "_shared_prefill", shared)
+    hook = backend.model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        together = backend.generate([LONG, LONG, SHORT, LONG], SAMPLED, [1, 2, 7, 3])
+        assert prefilled == [2]  # one chunk: the two distinct prompts, each once
+        monkeypatch.setattr(backend, "batch_size", 1)
+        prefilled.clear()
+        one_per_chunk = backend.generate([LONG, LONG, SHORT, LONG], SAMPLED, [1, 2, 7, 3])
+        assert prefilled == [1, 1]  # chunks of `batch_size` distinct prompts, decoded as one batch
+    finally:
+        hook.remove()
     alone = [backend.generate([p], SAMPLED, [s])[0] for p, s in ((LONG, 1), (LONG, 2), (SHORT, 7), (LONG, 3))]
-    assert [g.token_ids for g in together] == [g.token_ids for g in alone]
+    assert [g.token_ids for g in together] == [g.token_ids for g in alone] == [g.token_ids for g in one_per_chunk]
     assert all(abs(a - b) < 1e-3 for x, y in zip(together, alone) for a, b in zip(x.token_logprobs, y.token_logprobs))
     assert len({tuple(g.token_ids) for g in together[:2] + together[3:]}) > 1  # the seeds still differ
 
@@ -152,7 +157,7 @@ def test_the_nucleus_from_the_most_likely_tokens_equals_the_one_from_a_full_sort
     assert 0 < fallbacks < 300  # both paths were taken
 
 
-def test_a_generation_batch_holds_a_few_prompts_and_their_repeats():
+def test_a_generation_batch_holds_rows_per_call_rows_with_a_prompts_repeats_together():
     from tasks.llm.transformers_backend import TransformersBackend
 
     backend = TransformersBackend.__new__(TransformersBackend)  # batching only: no model needed
@@ -161,7 +166,6 @@ def test_a_generation_batch_holds_a_few_prompts_and_their_repeats():
     batches = backend._generation_batches(rows)
     assert sorted(i for batch in batches for i in batch) == list(range(len(rows)))
     assert [[rows[i] for i in batch] for batch in batches] == [
-        [[1, 2]] * 3 + [[3, 4]] * 3,  # two prompts, all their repeats
-        [[5, 6]] + [[7, 8, 9]] * 7,  # cut at rows_per_call
-        [[7, 8, 9]] * 2,
+        [[1, 2]] * 3 + [[3, 4]] * 3 + [[5, 6]] + [[7, 8, 9]],  # shortest first, cut at rows_per_call
+        [[7, 8, 9]] * 8,
     ]
