@@ -15,7 +15,7 @@ export GX_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup run test test-slow bench experiment repro ui clean vllm browser allocator
+.PHONY: setup run test test-slow bench bench-vllm experiment repro ui clean vllm browser allocator
 
 setup: $(STAMP) allocator
 
@@ -71,8 +71,13 @@ test-slow: setup vllm
 experiment: setup
 	$(BIN)/flywheel experiment experiments/ablation.yaml
 
-bench: setup vllm
+bench: setup
 	$(BIN)/python bench/all.py
+
+# The vLLM engine against the in-process one (its generation rows, a turn on each); the other benchmarks' rows come
+# from the last `make bench`, marked so.
+bench-vllm: setup vllm
+	$(BIN)/python bench/all.py --vllm --skip dpo training scale retrieval_speed
 
 repro: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro

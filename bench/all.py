@@ -3,7 +3,11 @@ and peak memory are its own), prints its table and writes bench/results/<name>.j
 headline figures side by side against their goals and writes bench/results/summary.json. Every ratio is against a
 baseline measured in the same run.
 
-Run: .venv/bin/python bench/all.py [--skip NAME ...] [--no-vllm]
+The default engine only (transformers, in process): the vLLM server's start-up alone is 75-105 s here, and its two
+benchmarks took 390 s of the 1350 s the whole suite took on this 2-core CPU, against a 15-minute goal. `--vllm`
+(`make bench-vllm`) adds them: generation and scoring through the server, and a turn on it next to the in-process one.
+
+Run: .venv/bin/python bench/all.py [--skip NAME ...] [--vllm]
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ BENCHES = {
     # Both turns without the context stage: its corpus embedding (65 s here) is the same whichever engine runs, and
     # the rewrite stage still builds the corpus index (it needs it), so the turns stay comparable stage by stage.
     "turn-transformers": ["bench/turn.py", "--backend", "transformers", "--context-docs", "0"],
-    "turn-vllm": ["bench/turn.py", "--backend", "vllm", "--context-docs", "0"],
+    "turn-vllm": ["bench/turn.py", "--backend", "vllm", "--context-docs", "0"],  # with --vllm only
     "dpo": ["bench/dpo.py"],
     "training": ["bench/training.py"],
     "scale": ["bench/scale.py"],
@@ -123,19 +127,21 @@ def headlines(results: dict) -> list[tuple[str, str, str]]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip", nargs="*", default=[], choices=list(BENCHES))
-    parser.add_argument("--no-vllm", action="store_true", help="generation bench without the vLLM server")
+    parser.add_argument("--vllm", action="store_true", help="also the vLLM server: its generation rows, its turn")
     args = parser.parse_args(argv)
     from rich.console import Console
     from rich.table import Table
 
     started, results, seconds = time.perf_counter(), {}, {}
     for name, command in BENCHES.items():
+        if name == "turn-vllm" and not args.vllm:  # not even an earlier run's: its ratios are against this run
+            continue
         if name in args.skip:
             if (RESULTS / f"{name}.json").exists():  # shown, marked as from an earlier run
                 results[name] = json.loads((RESULTS / f"{name}.json").read_text())
                 seconds[name] = "earlier run"
             continue
-        extra = ["--no-vllm"] if name == "generation" and args.no_vllm else []
+        extra = ["--no-vllm"] if name == "generation" and not args.vllm else []
         began = time.perf_counter()
         subprocess.run([sys.executable, *command, *extra], cwd=REPO, check=True)
         seconds[name] = time.perf_counter() - began
