@@ -133,29 +133,31 @@ def _neighbour_titles(items: pd.DataFrame, outside: pd.DataFrame, settings) -> l
     return [others[j]["reference"] for j in nearest(items.to_dict("records"), others, settings.task, 1)[:, 0]]
 
 
-AUROC_COLUMNS = ("nll", "pmi", "content", "contrast", "fitted_without_contrast", "fitted")
+AUROC_COLUMNS = ("nll", "pmi", "content", "contrast", "fitted_without_contrast", "fitted_with_detail", "fitted")
 KIND_GROUPS = {"easy": ("swap", "truncate", "tag_soup"), "neighbour": ("neighbour",), "detail": ("detail",)}
 
 
 def _detection(items, outside, human, models, llm, settings, rates) -> list[dict]:
     """Per corruption group, rate and scorer: AUROC of every noise score, and what AdaTaiLr drops with it (ε̂ from
     the tail for nll/pmi/content/contrast, from the trusted human-split fit for `fitted` and for the same fit
-    without the contrast feature, the ablation that says what contrast adds); the baselines on the NLL."""
+    without the contrast feature and with the wrong-detail detector, the ablations that say what each adds); the
+    baselines on the NLL."""
     from sklearn.metrics import roc_auc_score
 
     from tasks.denoise.corrupt import corrupt
     from tasks.denoise.methods import METHODS, decide
-    from tasks.denoise.scores import SCORES, WRONG_ITEM, features, fit_trusted, noise_scores, trusted_pairs
+    from tasks.denoise.scores import DETECTORS, SCORES, WITH_DETAIL, features, fit_trusted, noise_scores, trusted_pairs
 
     neighbours = _neighbour_titles(items, outside, settings)
-    captions, trusted_items, kind = trusted_pairs(human, items, settings.task, settings.seed)
+    captions, trusted_items, kind = trusted_pairs(human, items, settings.task, settings.seed, details=True)
     rows = []
     for name, model in models.items():
         trusted = features(captions, trusted_items, llm(model), settings.task, items.to_dict("records"))
-        without_contrast = tuple(f for f in WRONG_ITEM if f != "contrast")
+        without_contrast = DETECTORS | {"wrong_item": [f for f in DETECTORS["wrong_item"] if f != "contrast"]}
         fits = {
             "fitted": fit_trusted(trusted, kind, settings.seed),
             "fitted_without_contrast": fit_trusted(trusted, kind, settings.seed, without_contrast),
+            "fitted_with_detail": fit_trusted(trusted, kind, settings.seed, WITH_DETAIL),
         }
         for group, kinds in KIND_GROUPS.items():
             for rate in rates:
@@ -163,7 +165,7 @@ def _detection(items, outside, human, models, llm, settings, rates) -> list[dict
                 noisy = (annotations["corruption"] != "").to_numpy()
                 frame = _features(annotations, items, llm(model), settings)
                 logprobs = list(frame["logprobs"])
-                runs = [("adatailr", score) for score in (*SCORES, "fitted_without_contrast")]
+                runs = [("adatailr", score) for score in (*SCORES, "fitted_without_contrast", "fitted_with_detail")]
                 runs += [(m, "nll") for m in METHODS if m != "adatailr"]
                 for method, score in runs:
                     cfg = settings.denoise.model_copy(update={"method": method})
@@ -258,10 +260,10 @@ def _report(result: dict, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=180)
+    console = Console(width=200)
     table = Table(title="Noise detection on known corruptions: AUROC per noise score; AdaTaiLr's ε̂ and drops")
     columns = ["noise", "rate", "scorer", "AUROC nll", "pmi", "content", "contrast", "fitted w/o contrast"]
-    columns += ["fitted", "ε̂ tail", "ε̂ trusted w/o contrast", "ε̂ trusted"]
+    columns += ["with detail", "fitted", "ε̂ tail", "ε̂ trusted w/o contrast", "with detail", "ε̂ trusted"]
     columns += ["P/R nll", "P/R fitted", "best baseline AUROC"]
     for column in columns:
         table.add_column(column, justify="left" if column in ("noise", "scorer") else "right")
@@ -276,7 +278,7 @@ def _report(result: dict, out: Path) -> None:
             fmt(rate, ".0%"),
             scorer,
             *(fmt(ada.loc[score, "auroc"]) for score in AUROC_COLUMNS),
-            *(fmt(ada.loc[score, "noise_level"]) for score in ("nll", "fitted_without_contrast", "fitted")),
+            *(fmt(ada.loc[score, "noise_level"]) for score in ("nll", *AUROC_COLUMNS[-3:])),
             pr(ada.loc["nll"]),
             pr(ada.loc["fitted"]),
             fmt(baselines["auroc"].max() if len(baselines) else None),

@@ -54,6 +54,7 @@ def test_noise_control_bench_smoke(tmp_path):
         "contrast",
         "fitted",
         "fitted_without_contrast",
+        "fitted_with_detail",
     }
     assert {r["corruption"] for r in result["detection"]} == {"easy", "neighbour", "detail"}
     assert {r["method"] for r in result["downstream"]} == methods | {"(starting model)", "adatailr+fitted"}

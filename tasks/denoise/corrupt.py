@@ -68,6 +68,17 @@ def truncate(title: str, rng: np.random.Generator) -> str:
     return " ".join(words[:keep])
 
 
+def swap_word(title: str, donor: str, rng: np.random.Generator) -> str | None:
+    """`title` with a random one of its terms (five letters or more, or with a digit) replaced by a term of `donor`
+    that it lacks (a detail from a related item); None when either has no such term. The trusted fit's wrong-detail
+    pairs, a different rule from the `detail` corruption's key term from a random item."""
+    own = [t for t in _WORD.findall(title) if t.lower() not in donor.lower()]
+    given = sorted({t for t in _WORD.findall(donor) if t.lower() not in title.lower()})
+    if not own or not given:
+        return None
+    return title.replace(own[rng.integers(len(own))], given[rng.integers(len(given))], 1)
+
+
 def _key_term(title: str) -> str | None:
     """The term a reader would check: one with a digit, else the longest word of five letters or more."""
     terms = _WORD.findall(title)

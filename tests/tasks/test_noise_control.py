@@ -152,30 +152,56 @@ def test_contrast_is_high_only_for_a_title_that_fits_one_of_its_items_neighbours
     assert contrast(captions, own_items, own_fit, pool[:1], scorer, task).tolist() == [0, 0]  # no other item
 
 
-def test_the_trusted_fit_catches_both_kinds_of_wrong_and_estimates_the_noise_level_by_adjusted_count():
+def test_the_trusted_fit_catches_every_kind_of_wrong_and_estimates_the_noise_level_by_adjusted_count():
     from sklearn.metrics import roc_auc_score
 
-    from tasks.denoise.scores import fit_trusted
+    from tasks.denoise.scores import WITH_DETAIL, fit_trusted
 
     rng = np.random.default_rng(0)
-    columns = ["nll", "pmi", "content", "contrast", "end"]
+    columns = ["nll", "pmi", "content", "contrast", "end", "peak_nll", "peak_pmi"]
+    # a wrong item sits higher on pmi, content and contrast, an unfinished caption on end, a wrong detail on the
+    # peaks; each overlaps the right ones
+    shifts = {
+        "right": [0.0] * 7,
+        "wrong_item": [0.0, 1.2, 1.2, 0.8, 0.0, 0.0, 0.0],
+        "unfinished": [0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0],
+        "wrong_detail": [0.0, 0.0, 0.0, 0.0, 0.0, 1.5, 1.5],
+    }
 
-    def pairs(right: int, wrong_item: int, unfinished: int) -> pd.DataFrame:
-        # a wrong item sits higher on pmi, content and contrast, an unfinished caption on end; both overlap the right
-        shift = np.r_[np.zeros((right, 5)), np.tile([0.0, 1.2, 1.2, 0.8, 0.0], (wrong_item, 1))]
-        shift = np.r_[shift, np.tile([0.0, 0.0, 0.0, 0.0, 2.0], (unfinished, 1))]
-        return pd.DataFrame(rng.normal(0.0, 1.0, (len(shift), 5)) + shift, columns=columns)
+    def pairs(counts: dict[str, int]) -> pd.DataFrame:
+        shift = np.concatenate([np.tile(shifts[kind], (count, 1)) for kind, count in counts.items()])
+        return pd.DataFrame(rng.normal(0.0, 1.0, shift.shape) + shift, columns=columns)
 
-    kind = np.array(["right"] * 600 + ["wrong_item"] * 600 + ["unfinished"] * 600)  # enough for ε̂ within 0.06
-    fit = fit_trusted(pairs(600, 600, 600), kind, seed=0)
+    kind = np.repeat(list(shifts), 600)  # enough for ε̂ within 0.06
+    fit = fit_trusted(pairs(dict.fromkeys(shifts, 600)), kind, seed=0, detectors=WITH_DETAIL)
+    assert set(fit.detectors) == {"wrong_item", "unfinished", "wrong_detail"}
     assert 0.6 < fit.tpr < 0.95 and 0.05 < fit.fpr < 0.4  # imperfect on purpose
     for rate in (0.0, 0.1, 0.2, 0.4):
         wrong = round(rate * 1000)
-        assert abs(fit.noise_level(pairs(1000 - wrong, wrong // 2, wrong - wrong // 2)) - rate) < 0.06
-    scores = fit.score(pairs(100, 100, 100))
+        counts = {"right": 1000 - wrong, "wrong_item": wrong // 3, "unfinished": wrong // 3}
+        counts["wrong_detail"] = wrong - 2 * (wrong // 3)
+        assert abs(fit.noise_level(pairs(counts)) - rate) < 0.06
+    scores = fit.score(pairs(dict.fromkeys(shifts, 100)))
     is_wrong = np.r_[np.zeros(100), np.ones(100)]
-    assert roc_auc_score(is_wrong, scores[:200]) > 0.75  # the wrong items, though they end like right captions
-    assert roc_auc_score(is_wrong, np.r_[scores[:100], scores[200:]]) > 0.75  # the unfinished, on topic as they are
+    for start in (100, 200, 300):  # the wrong items (they end like right captions), the unfinished, the details
+        assert roc_auc_score(is_wrong, np.r_[scores[:100], scores[start : start + 100]]) > 0.75
+    trusted = pairs(dict.fromkeys(shifts, 600))
+    default = fit_trusted(trusted, kind, seed=0)  # two detectors; the wrong-detail pairs are left out of its rates
+    alone = fit_trusted(trusted[kind != "wrong_detail"].reset_index(drop=True), kind[kind != "wrong_detail"], seed=0)
+    assert set(default.detectors) == {"wrong_item", "unfinished"}
+    assert (default.tpr, default.fpr, default.threshold) == (alone.tpr, alone.fpr, alone.threshold)
+
+
+def test_a_wrong_detail_swaps_one_term_for_one_of_a_related_title():
+    from tasks.denoise.corrupt import swap_word
+
+    rng = np.random.default_rng(0)
+    title, donor = "Dense passage retrieval for open-domain question answering", "Sparse retrieval with SPLADE v2"
+    for _ in range(20):
+        swapped = swap_word(title, donor, rng)
+        removed, added = set(title.split()) - set(swapped.split()), set(swapped.split()) - set(title.split())
+        assert len(removed) == 1 and len(added) == 1 and added <= {"Sparse", "SPLADE", "v2"}
+    assert swap_word("Attention", "Attention", rng) is None  # nothing to swap in
 
 
 def test_a_measured_noise_level_drops_that_share_of_the_highest_scores():
