@@ -25,8 +25,8 @@
            default: a logistic regression on peak_nll (the NLL of the caption's most surprising token, its end left
            out), peak_pmi (the most any one token is less likely given the item than given nothing), nll and pmi,
            fitted on each human title against the same title with one term swapped for a term of the most similar
-           item's title. On bench slice 1 it ranked swapped key terms 0.06-0.11 AUROC higher but near-neighbour titles
-           0.015-0.022 lower (below the 0.85 goal at 20%), and its pairs are the bench's own family of error.
+           item's title. On two bench slices it ranked swapped key terms 0.045-0.11 AUROC higher but near-neighbour
+           titles 0.015-0.041 lower (below the 0.85 goal at 20%), and its pairs are the bench's own family of error.
 
 The trusted fit also measures itself: its cross-validated true and false positive rates turn the share of
 annotations it calls wrong into a noise-level estimate that needs no assumption on the tail's shape (adjusted
