@@ -140,12 +140,13 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = list(range(len(prompts)))
     rows: list[dict] = []
 
-    spread = prompts[:: max(1, len(prompts) // args.baseline_prompts)][: args.baseline_prompts]
+    spread_rows = range(len(prompts))[:: max(1, len(prompts) // args.baseline_prompts)][: args.baseline_prompts]
+    spread = [prompts[i] for i in spread_rows]
     lengths, seconds = naive_loop(path, spread, sampling)
     rows.append({"path": "naive per-item generate", "lengths": lengths, "seconds": seconds, "start_s": 0.0})
     local = TransformersBackend(path, batch_size=args.batch_size, threads=settings.model.threads)
-    rows[0]["prompt_lengths"] = [len(local.prompt_ids(p)) for p in spread]
     prompt_lengths = [len(local.prompt_ids(p)) for p in prompts]
+    rows[0]["prompt_lengths"] = [prompt_lengths[i] for i in spread_rows]
     generations, seconds = timed(lambda: local.generate(prompts, sampling, seeds))
     lengths = [len(g.token_ids) for g in generations]
     rows.append({"path": f"transformers batched ({args.batch_size})", "lengths": lengths, "seconds": seconds})
@@ -160,9 +161,9 @@ def main(argv: list[str] | None = None) -> dict:
     local_greedy = local.generate(prompts, greedy, seeds)
     completions = [g.text for g in local_greedy]
     single = TransformersBackend(path, batch_size=1, threads=settings.model.threads)
-    spread_completions = [completions[prompts.index(p)] for p in spread]
-    seconds = timed(lambda: single.score(spread, spread_completions))[1]
-    scoring = [{"path": "one at a time", "seconds": seconds, "sequences": spread, "completions": spread_completions}]
+    completion_lengths = [len(local.completion_token_ids(c)) for c in completions]
+    seconds = timed(lambda: single.score(spread, [completions[i] for i in spread_rows]))[1]
+    scoring = [{"path": "one at a time", "seconds": seconds, "rows": spread_rows}]
     reference, seconds = timed(lambda: local.score(prompts, completions))
     scoring.append({"path": f"transformers batched ({args.batch_size})", "seconds": seconds})
     agreement = {}
@@ -202,11 +203,10 @@ def main(argv: list[str] | None = None) -> dict:
         saved = (1 - 1 / row.get("copies", 1)) * sum(forward_flops(dims, 0, p - 1, 0) for p in row_prompts)
         row["gflop"] = (generation_flops(dims, row_prompts, lengths) - saved) / 1e9
     for row in scoring:
-        row_prompts, row_completions = row.pop("sequences", prompts), row.pop("completions", completions)
-        row["sequences"] = len(row_prompts)
+        scored = row.pop("rows", range(len(prompts)))
+        row["sequences"] = len(scored)
         row["gflop"] = scoring_flops(
-            dims, [len(local.prompt_ids(p)) for p in row_prompts],
-            [len(local.completion_token_ids(c)) for c in row_completions],
+            dims, [prompt_lengths[i] for i in scored], [completion_lengths[i] for i in scored]
         ) / 1e9  # fmt: skip
     naive_rate = rows[0]["tokens"] / rows[0]["seconds"]
     batched_rate = rows[1]["tokens"] / rows[1]["seconds"]

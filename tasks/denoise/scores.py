@@ -143,7 +143,9 @@ def trusted_pairs(
     if details:
         for title, j, record in zip(titles, closest, records):
             if (swapped := swap_word(title, candidates[j]["reference"], rng)) is not None:
-                captions, items, kind = [*captions, swapped], [*items, record], [*kind, "wrong_detail"]
+                captions.append(swapped)
+                items.append(record)
+                kind.append("wrong_detail")
     return captions, items, np.array(kind)
 
 
