@@ -40,13 +40,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     from rich.console import Console
 
-    from tasks.rewrite.beir import semanlink_to_beir
+    from tasks.rewrite.beir import bundled_to_beir
     from tasks.rewrite.rag_eval import rag_eval_files, rag_table
 
     started = time.perf_counter()
     settings = project_settings(args.work, "retrieval", {})
     data = args.work / "semanlink-beir"
-    counts = semanlink_to_beir(data)
+    counts = bundled_to_beir("semanlink", data)
     files = (data / "corpus.jsonl", data / "queries.jsonl", data / "qrels.tsv")
     console = Console(width=150)
     result = {"benchmark": counts, "runs": []}

@@ -40,13 +40,13 @@ def main(argv: list[str] | None = None) -> dict:
     from stores.registry import WEIGHTS, ModelRef, convert_gguf, packaged_gguf, sha256_file
     from stores.store import Store
     from tasks.llm.embeddings import embed
-    from tasks.rewrite.beir import load_beir, semanlink_to_beir
+    from tasks.rewrite.beir import bundled_to_beir, load_beir
     from tasks.rewrite.dmqr import rewrite, select_strategies
     from tasks.runner import cached_llm
 
     shutil.rmtree(args.work, ignore_errors=True)  # an empty LLM-call cache: the rewriting costs are paid in full
     settings = project_settings(args.work, "retrieval_speed", {})
-    semanlink_to_beir(args.work / "beir")
+    bundled_to_beir("semanlink", args.work / "beir")
     bench = load_beir(*(args.work / "beir" / name for name in ("corpus.jsonl", "queries.jsonl", "qrels.tsv")))
     texts = [bench.queries[q] for q in sorted(bench.queries)]
     docs = pd.DataFrame({"doc_id": list(bench.corpus), "text": list(bench.corpus.values())})

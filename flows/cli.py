@@ -11,6 +11,7 @@ flywheel setup                              register the packaged model as champ
 flywheel denoise score --items F --out F    noise scores + keep/drop for any items file [--method M] [--score S]
 flywheel rag eval --corpus F --queries F --qrels F --out F   DMQR-RAG on any BEIR-layout benchmark
 flywheel rag semanlink --out DIR            write the bundled Semanlink arXiv->tags benchmark in BEIR layout
+flywheel rag perovskite --out DIR           write the bundled perovskite title->abstract benchmark (BEIR layout)
 flywheel serve-local                        start Prefect + MLflow servers and the cpu/gpu workers (127.0.0.1)
 flywheel deploy [--cron C] [--turns N]      create the stage deployments and the scheduled flywheel deployment
 flywheel trigger [--turns N]                run the scheduled deployment now, on the workers, and wait for it
@@ -77,9 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     rag_eval.add_argument("--strategies", nargs="+", default=None, help="default: rewrite.strategies in params")
     rag_eval.add_argument("--fusion", choices=("rrf", "rerank"), default=None, help="default: rewrite.fusion")
     rag_eval.add_argument("--limit", type=int, default=None, help="only the first N queries (sorted by id)")
-    rag.add_parser("semanlink", help="write the bundled Semanlink benchmark").add_argument(
-        "--out", type=Path, required=True
-    )
+    for name, what in (("semanlink", "Semanlink arXiv->tags"), ("perovskite", "perovskite title->abstract")):
+        rag.add_parser(name, help=f"write the bundled {what} benchmark").add_argument("--out", type=Path, required=True)
     commands.add_parser("serve-local", help="start Prefect and MLflow servers and both workers on 127.0.0.1")
     deploy = commands.add_parser("deploy", help="create the Prefect deployments (stage pools + scheduled turns)")
     deploy.add_argument("--cron", default=None, help='schedule of the flywheel deployment, e.g. "0 3 * * *"')
@@ -161,10 +161,10 @@ def _dispatch(args: argparse.Namespace) -> None:
             f"{counts['scored']} scored, {counts['dropped']} dropped, {counts['rejected']} rejected lines; "
             f"gamma {counts['gamma']:.3f} -> {args.out}"
         )
-    elif args.command == "rag" and args.action == "semanlink":
-        from tasks.rewrite.beir import semanlink_to_beir
+    elif args.command == "rag" and args.action != "eval":
+        from tasks.rewrite.beir import bundled_to_beir
 
-        counts = semanlink_to_beir(args.out)
+        counts = bundled_to_beir(args.action, args.out)
         print(", ".join(f"{v} {k}" for k, v in counts.items()) + f" -> {args.out}")
     elif args.command == "rag":
         from rich.console import Console

@@ -97,11 +97,11 @@ def model_work_table(results: list[dict]) -> Table:
     return table
 
 
-def retrieval_table(m: dict, s: dict) -> Table:
+def retrieval_table(m: dict, s: dict, benchmark: str = "Semanlink arXiv→tags") -> Table:
     """The retrieval scoreboard: P@5 per query pool for the starting model and the candidate, with the candidate's
     nDCG@10 and rewrites per query, and the adaptive gains with their 95% intervals."""
     table = Table(
-        title=f"Held-out retrieval ({int(m['queries'])} Semanlink arXiv→tags queries never trained on)",
+        title=f"Held-out retrieval ({int(m['queries'])} {benchmark} queries never trained on)",
         title_justify="left",
     )
     for column in ("query pool", f"P@5 v{s['start_version']}", f"P@5 v{s['candidate_version']}", "nDCG@10", "rewrites"):

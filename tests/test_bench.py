@@ -136,7 +136,7 @@ QUALITY_BENCHES = {
         "--heldout", "2", "--heldout-pairs", "2", "--turn1-items", "4", "--context-docs", "0",
     ],
     "retrieval": ["--limit", "3", "--fusion", "rrf", "--depths", "6", "20"],
-    "rewrite_feedback": ["--train-queries", "2", "--heldout", "2", "--samples", "1", "--epochs", "1"],
+    "rewrite_feedback": ["--train-queries", "2", "--heldout", "2", "--samples", "2", "--transfer", "2"],
     "data_value": [
         "--human-items", "4", "--refine-steps", "1", "--train-items", "4", "--candidates", "2", "--heldout", "2",
     ],

@@ -128,6 +128,14 @@ def test_rag_eval_on_a_small_beir_benchmark(tmp_path, capsys):
     assert "qrels.tsv:1: corpus-id 'nope' is not in corpus.jsonl" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name, line", [("semanlink", "314 queries, 433 documents"), ("perovskite", "254 queries")])
+def test_the_bundled_benchmarks_are_written_in_beir_layout_for_rag_eval(tmp_path, capsys, name, line):
+    out = tmp_path / name
+    assert main(["--params", str(write_params(tmp_path)), "rag", name, f"--out={out}"]) == 0
+    assert line in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["corpus.jsonl", "qrels.tsv", "queries.jsonl"]
+
+
 def test_a_stage_says_one_line_and_nothing_else_unless_verbose(tmp_path):
     params = str(write_params(tmp_path))
 

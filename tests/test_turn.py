@@ -110,11 +110,11 @@ def test_rows_carry_lineage_and_the_heldout_split_is_never_trained_on(turn):
 
 
 def test_the_retrieval_scoreboard_scores_heldout_queries_for_both_models(turn):
-    from tasks.rewrite.beir import semanlink_benchmark, split_queries
+    from tasks.rewrite.beir import bundled_benchmark, split_queries
 
     settings, results = turn
     scores = _tables(settings)["rag_scores"]
-    train, heldout = split_queries(sorted(semanlink_benchmark().queries), settings.rag_eval.heldout_fraction, 13)
+    train, heldout = split_queries(sorted(bundled_benchmark().queries), settings.rag_eval.heldout_fraction, 13)
     assert set(scores["query_id"]) == set(heldout[:2]) and not set(train) & set(heldout)
     configs = {"original", "gqr", "kwr", "par", "cce", "all", "adaptive"}
     assert set(scores["config"]) == configs and len(scores) == 2 * 2 * len(configs)  # queries × models × pools
@@ -128,13 +128,13 @@ def test_the_retrieval_scoreboard_scores_heldout_queries_for_both_models(turn):
 
 
 def test_retrieval_feedback_on_train_queries_becomes_rewriting_and_selection_targets(turn):
-    from tasks.rewrite.beir import semanlink_benchmark, split_queries
+    from tasks.rewrite.beir import bundled_benchmark, split_queries
     from tasks.rewrite.feedback import feedback_targets
 
     settings, results = turn
     tables = _tables(settings)
     feedback = tables["rewrite_feedback"]
-    train, _ = split_queries(sorted(semanlink_benchmark().queries), settings.rag_eval.heldout_fraction, 13)
+    train, _ = split_queries(sorted(bundled_benchmark().queries), settings.rag_eval.heldout_fraction, 13)
     assert set(feedback["query_id"]) == set(train[:2])  # turn 1's window of train queries, never held-out ones
     assert len(feedback) == 2 * (1 + 4)  # the original alone and one sample per strategy
     assert (feedback.loc[feedback["strategy"] == "original", "gain"] == 0).all()

@@ -18,11 +18,16 @@ from pathlib import Path
 _QUESTION = re.compile(r"(?s)(?P<question>.+?)\n\n A: (?P<a>.+?)\n B: (?P<b>.+)")
 
 
-def quartz_file() -> Path:
+def evals_samples(name: str) -> Path:
+    """The samples file of one of the eval sets inside `evals==3.0.1.post1`."""
     spec = importlib.util.find_spec("evals")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("package evals==3.0.1.post1 is not installed (make setup installs it with --no-deps)")
-    return Path(spec.submodule_search_locations[0]) / "registry" / "data" / "quartz" / "samples.jsonl"
+    return Path(spec.submodule_search_locations[0]) / "registry" / "data" / name / "samples.jsonl"
+
+
+def quartz_file() -> Path:
+    return evals_samples("quartz")
 
 
 def ingest_quartz() -> tuple[list[dict], dict]:

@@ -2,10 +2,16 @@
 "text"}) and `qrels.tsv` (header `query-id corpus-id score`, tab-separated, integer grades). The loader checks every
 line and stops at the first problem with the file, line and what is wrong, before any model runs.
 
-`semanlink_to_beir` converts the Semanlink arXiv→tags set inside `cherche==2.2.1` (read as JSON, never imported):
-a query is an arXiv paper (title + abstract), a document is a curator tag (label, alternative labels, broader
-labels, comment), and the paper's tags are its relevant documents. `split_queries` splits it, seeded, into queries
-the turn may learn from and queries its retrieval scoreboard holds out (`tasks/rag_eval`).
+`bundled_to_beir("semanlink", out)` writes the Semanlink arXiv→tags set inside `cherche==2.2.1` (read as JSON,
+never imported): a query is an arXiv paper (title + abstract), a document is a curator tag (label, alternative
+labels, broader labels, comment), and the paper's tags are its relevant documents. `split_queries` splits it,
+seeded, into queries the turn may learn from and queries its retrieval scoreboard holds out (`tasks/rag_eval`).
+
+`perovskite_to_beir` builds a second benchmark of another kind, never trained on: known-item search over the 254
+abstracts of OpenAI's `abstract2title` eval set inside `evals==3.0.1.post1`, all about perovskite solar cells. A
+query is a paper's title, its relevant document is its own abstract, and every other document is an abstract on
+the same narrow topic: short jargon queries against near-duplicate passages, where a rewriter must add the right
+words, not any words.
 """
 
 from __future__ import annotations
@@ -118,9 +124,30 @@ def _semanlink_rows() -> tuple[list[dict], list[dict], list[tuple[str, str, int]
     return corpus, queries, qrels
 
 
-def semanlink_to_beir(out: Path) -> dict[str, int]:
-    """Write the Semanlink arXiv→tags benchmark to `out` in BEIR layout (atomically per file); returns counts."""
-    corpus, queries, qrels = _semanlink_rows()
+def _perovskite_rows() -> tuple[list[dict], list[dict], list[tuple[str, str, int]]]:
+    """The abstract2title set as BEIR rows: a title queries its abstract (an abstract given two titles is one
+    document relevant to both)."""
+    from tasks.ingest.quartz import evals_samples
+
+    corpus: dict[str, dict] = {}
+    queries, qrels = [], []
+    for line in evals_samples("abstract2title").read_text().splitlines():
+        sample = json.loads(line)
+        abstract, title = " ".join(sample["input"][-1]["content"].split()), " ".join(sample["ideal"].split())
+        doc_id = "pv-" + hashlib.sha1(abstract.encode()).hexdigest()[:12]
+        query_id = "pvq-" + hashlib.sha1(title.encode()).hexdigest()[:12]
+        corpus[doc_id] = {"_id": doc_id, "text": abstract}
+        queries.append({"_id": query_id, "text": title})
+        qrels.append((query_id, doc_id, 1))
+    return list(corpus.values()), queries, qrels
+
+
+BUNDLED = {"semanlink": _semanlink_rows, "perovskite": _perovskite_rows}
+
+
+def bundled_to_beir(name: str, out: Path) -> dict[str, int]:
+    """Write a bundled benchmark (`BUNDLED`) to `out` in BEIR layout (atomically per file); returns counts."""
+    corpus, queries, qrels = BUNDLED[name]()
     out.mkdir(parents=True, exist_ok=True)
     _write(out / "corpus.jsonl", "".join(json.dumps(row) + "\n" for row in corpus))
     _write(out / "queries.jsonl", "".join(json.dumps(row) + "\n" for row in queries))
@@ -128,14 +155,14 @@ def semanlink_to_beir(out: Path) -> dict[str, int]:
     return {"queries": len(queries), "documents": len(corpus), "judgments": len(qrels)}
 
 
-def semanlink_benchmark() -> Benchmark:
-    """The Semanlink arXiv→tags benchmark in memory, as `load_beir` reads the files `semanlink_to_beir` writes."""
-    corpus, queries, judgments = _semanlink_rows()
+def bundled_benchmark(name: str = "semanlink") -> Benchmark:
+    """A bundled benchmark in memory, as `load_beir` reads the files `bundled_to_beir` writes."""
+    corpus, queries, judgments = BUNDLED[name]()
     qrels: dict[str, dict[str, int]] = {}
     for query_id, doc_id, grade in judgments:
         qrels.setdefault(query_id, {})[doc_id] = grade
     return Benchmark(
-        {row["_id"]: f"{row['title']}. {row['text']}" for row in corpus},
+        {row["_id"]: f"{row['title']}. {row['text']}" if row.get("title") else row["text"] for row in corpus},
         {row["_id"]: row["text"] for row in queries if row["_id"] in qrels},
         qrels,
     )

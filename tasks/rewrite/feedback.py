@@ -20,7 +20,7 @@ from stores.schema import Column, TableSpec
 from tasks.config import Feedback
 from tasks.llm.backend import Messages
 from tasks.llm.embeddings import embed
-from tasks.rewrite.beir import Benchmark, semanlink_benchmark, split_queries
+from tasks.rewrite.beir import Benchmark, bundled_benchmark, split_queries
 from tasks.rewrite.dmqr import clean_rewrite
 from tasks.rewrite.metrics import query_metrics
 from tasks.rewrite.strategies import STRATEGIES, selection_messages
@@ -47,7 +47,7 @@ FEEDBACK = TableSpec(
 
 def benchmark_index(con) -> tuple[Benchmark, CorpusIndex]:
     """The bundled Semanlink arXiv→tags benchmark and its BM25 + dense index in the store."""
-    bench = semanlink_benchmark()
+    bench = bundled_benchmark()
     docs = pd.DataFrame({"doc_id": list(bench.corpus), "text": list(bench.corpus.values())})
     return bench, CorpusIndex(con, docs, embed, BENCHMARK_INDEX)
 
@@ -98,12 +98,16 @@ def collect_feedback(
     return frame.drop(columns="pool")
 
 
+def _ranked_rewrites(feedback: pd.DataFrame) -> pd.DataFrame:
+    """The non-empty rewrites, best gain first; ties broken by sample and strategy name, so what follows does not
+    depend on the order the rows were read in."""
+    rewrites = feedback[(feedback["strategy"] != ORIGINAL) & (feedback["output"] != "")]
+    return rewrites.sort_values(["gain", "sample", "strategy"], ascending=[False, True, True])
+
+
 def feedback_targets(feedback: pd.DataFrame, cfg: Feedback) -> pd.DataFrame:
     """The training targets: (query_id, kind, strategy, target), `sft-rewrite` rows then `sft-select` rows."""
-    rewrites = feedback[(feedback["strategy"] != ORIGINAL) & (feedback["output"] != "")]
-    # ties broken by strategy name, so the targets do not depend on the order the rows were read in
-    order = rewrites.sort_values(["gain", "sample", "strategy"], ascending=[False, True, True])
-    best = order.drop_duplicates(["query_id", "strategy"])
+    best = _ranked_rewrites(feedback).drop_duplicates(["query_id", "strategy"])
     winners = best[best["gain"] > cfg.min_gain]
     rows = [
         {"query_id": r.query_id, "kind": "sft-rewrite", "strategy": r.strategy, "target": r.output}
@@ -118,6 +122,22 @@ def feedback_targets(feedback: pd.DataFrame, cfg: Feedback) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["query_id", "kind", "strategy", "target"])
 
 
+def feedback_pairs(feedback: pd.DataFrame, cfg: Feedback) -> pd.DataFrame:
+    """Rewriting preference pairs (query_id, strategy, chosen, rejected, gap): per query and strategy, the sample
+    that retrieved best against the one that retrieved worst, kept when the best beat the original by more than
+    `min_gain` and the two differ by at least `min_gap` nDCG@10 (the caption pairs' near-tie rule). Unlike an SFT
+    target, a pair says what retrieval rewarded *relative to* another sample of the same prompt."""
+    ranked = _ranked_rewrites(feedback)
+    keys = ["query_id", "strategy"]
+    best = ranked.drop_duplicates(keys, keep="first").set_index(keys)
+    worst = ranked.drop_duplicates(keys, keep="last").set_index(keys)
+    joined = best.join(worst, rsuffix="_worst").reset_index()
+    gap = joined["gain"] - joined["gain_worst"]
+    kept = (joined["gain"] > cfg.min_gain) & (gap >= cfg.min_gap) & (joined["output"] != joined["output_worst"])
+    pairs = joined[kept].assign(chosen=joined["output"], rejected=joined["output_worst"], gap=gap)
+    return pairs.sort_values(keys)[[*keys, "chosen", "rejected", "gap"]].reset_index(drop=True)
+
+
 def strategy_number(name: str) -> int:
     """A strategy's number in training rows' `candidate` column: 1, 2, ... in `STRATEGIES` order; 0 for selection."""
     return list(STRATEGIES).index(name) + 1 if name else 0
@@ -126,7 +146,7 @@ def strategy_number(name: str) -> int:
 def target_prompts(query_ids, kinds, numbers, names: list[str], max_chars: int) -> list[Messages]:
     """The prompt each target answers: its strategy's rewriting prompt (`numbers`: strategy numbers), or the
     selection prompt over `names`; the same for training (retrain) and for the published dataset."""
-    queries = semanlink_benchmark().queries
+    queries = bundled_benchmark().queries
     offered = {n: STRATEGIES[n] for n in names}
     strategies = list(STRATEGIES)
     return [

@@ -12,7 +12,7 @@ from stores.index import CorpusIndex
 from stores.store import Store
 from tasks.errors import InputError
 from tasks.rag_eval.scoreboard import summarize
-from tasks.rewrite.beir import load_beir, semanlink_benchmark, semanlink_to_beir, split_queries
+from tasks.rewrite.beir import bundled_benchmark, bundled_to_beir, load_beir, split_queries
 from tasks.rewrite.dmqr import QueryPool
 from tasks.rewrite.metrics import hit_at, mrr_at, ndcg_at, precision_at, query_metrics, recall_at
 from tasks.rewrite.rag_eval import rag_configs
@@ -119,15 +119,26 @@ def test_beir_loader_rejects_malformed_files_clearly(tmp_path, kind, text, messa
         _beir(tmp_path, **{kind: text})
 
 
-def test_the_bundled_semanlink_benchmark_converts_to_beir(tmp_path):
-    counts = semanlink_to_beir(tmp_path)
+def test_the_bundled_bundled_benchmark_converts_to_beir(tmp_path):
+    counts = bundled_to_beir("semanlink", tmp_path)
     assert counts == {"queries": 314, "documents": 433, "judgments": 1315}
     bench = load_beir(tmp_path / "corpus.jsonl", tmp_path / "queries.jsonl", tmp_path / "qrels.tsv")
     assert len(bench.queries) == 314 and sum(map(len, bench.qrels.values())) == 1315
     first = json.loads((tmp_path / "queries.jsonl").read_text().splitlines()[0])
     assert len(first["text"]) > 100  # title + abstract
     assert pd.Series([len(v) for v in bench.qrels.values()]).min() >= 1
-    assert semanlink_benchmark() == bench  # the scoreboard's in-memory copy reads the same benchmark
+    assert bundled_benchmark() == bench  # the scoreboard's in-memory copy reads the same benchmark
+
+
+def test_the_bundled_perovskite_benchmark_is_title_to_own_abstract_over_one_topic(tmp_path):
+    counts = bundled_to_beir("perovskite", tmp_path)
+    assert counts == {"queries": 254, "documents": 253, "judgments": 254}  # one abstract carries two titles
+    bench = load_beir(tmp_path / "corpus.jsonl", tmp_path / "queries.jsonl", tmp_path / "qrels.tsv")
+    assert all(len(relevant) == 1 for relevant in bench.qrels.values())
+    about = sum("perovskite" in text.lower() for text in bench.corpus.values())
+    assert about > 0.9 * len(bench.corpus)  # one narrow topic: every document a near neighbour of the right one
+    assert max(map(len, bench.queries.values())) < 300 < sorted(map(len, bench.corpus.values()))[5]  # short queries
+    assert bundled_benchmark("perovskite") == bench
 
 
 def test_query_split_is_seeded_disjoint_and_stable():
@@ -195,6 +206,26 @@ def test_feedback_targets_keep_the_best_rewrite_that_beat_the_original_and_selec
     chosen, reason = parse_selection(select, STRATEGIES)
     assert chosen == ["kwr", "gqr"] and reason  # best first, at most max_selected
     assert len(feedback_targets(feedback, Feedback(min_gain=0.2))) == 2  # kwr 0.3 alone, and its selection
+
+
+def test_feedback_pairs_set_the_best_retrieving_sample_over_the_worst_when_they_clearly_differ():
+    from tasks.config import Feedback
+    from tasks.rewrite.feedback import feedback_pairs
+
+    rows = [("a", "original", 0, "", 0.0)]
+    rows += [("a", "kwr", 0, "kw worse", -0.1), ("a", "kwr", 1, "kw best", 0.3), ("a", "kwr", 2, "kw good", 0.2)]
+    rows += [("a", "gqr", 0, "gq near", 0.12), ("a", "gqr", 1, "gq best", 0.15)]  # a near tie
+    rows += [("a", "cce", 0, "cc", 0.2), ("a", "cce", 1, "cc", 0.0)]  # the same text twice is no pair
+    rows += [("a", "par", 0, "pa", 0.0), ("a", "par", 1, "pa worse", -0.3)]  # the best did not beat the original
+    rows += [("b", "original", 0, "", 0.0), ("b", "kwr", 0, "", 0.4), ("b", "kwr", 1, "kw b", -0.2)]
+    feedback = pd.DataFrame(rows, columns=["query_id", "strategy", "sample", "output", "gain"])
+    pairs = feedback_pairs(feedback, Feedback(min_gap=0.05))
+    assert list(zip(pairs["query_id"], pairs["strategy"], pairs["chosen"], pairs["rejected"])) == [
+        ("a", "kwr", "kw best", "kw worse")
+    ]  # b: an empty rewrite is neither side, and one sample makes no pair
+    assert pairs["gap"].iloc[0] == pytest.approx(0.4)
+    assert len(feedback_pairs(feedback, Feedback(min_gap=0.02))) == 2  # the gqr pair clears a smaller gap
+    assert feedback_pairs(feedback.iloc[::-1].reset_index(drop=True), Feedback()).equals(pairs)
 
 
 def test_feedback_targets_do_not_depend_on_the_order_the_rows_come_in():
