@@ -308,7 +308,7 @@ class Feedback(Strict):
     samples: int = Field(4, ge=1, le=32)  # rewrites sampled per query and strategy
     sampling: Sampling = Sampling(temperature=0.8, top_p=0.95, max_new_tokens=64)
     min_gain: float = Field(0.0, ge=0.0)  # a target must beat the original query's nDCG@10 by more than this
-    min_gap: float = Field(0.05, ge=0.0, le=1.0)  # a rewriting pair's best and worst sample differ by this nDCG@10
+    min_gap: float = Field(0.05, ge=0.0, le=1.0)  # a rewriting pair's best and worst sample differ by this or more
     max_selected: int = Field(2, ge=1)  # strategies in a selection target, best first
 
 
