@@ -12,7 +12,7 @@ title→abstract benchmark (tasks/rewrite/beir.py), another domain and task that
 are cached in the bench project (.cache/bench/feedback).
 
 Run: .venv/bin/python bench/rewrite_feedback.py [--train-queries 64] [--heldout 64] [--samples 4] [--epochs 1]
-  [--recipes sft select dpo] [--transfer 64]
+  [--recipes sft select dpo] [--transfer 64] [--dpo-learning-rate LR]
 Prints a scoreboard per recipe and the feedback's statistics, writes bench/results/rewrite_feedback.json, logs to
 MLflow.
 """
@@ -72,7 +72,7 @@ def train_recipe(base, rows, pairs, settings, epochs: int, work: Path) -> tuple[
     sft_steps = sum(phase_steps(phases, cfg.sft))
     dpo_steps = epochs * -(-len(pairs) // (cfg.dpo.batch_size * cfg.dpo.gradient_accumulation))
     contents = [list(rows.get("target", [])), list(pairs.get("chosen", [])), list(pairs.get("rejected", []))]
-    key = json.dumps([base.fingerprint, contents, sft_steps, dpo_steps, settings.seed])
+    key = json.dumps([base.fingerprint, contents, sft_steps, dpo_steps, settings.seed, cfg.model_dump(mode="json")])
     out = work / f"feedback-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if not (out / "model" / "model.safetensors").exists():
         dpo = cfg.dpo.model_copy(update={"max_steps": dpo_steps, "rounds": min(cfg.dpo.rounds, max(1, dpo_steps))})
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--heldout", type=int, default=64, help="held-out queries scored")
     parser.add_argument("--samples", type=int, default=4, help="rewrites sampled per query and strategy")
     parser.add_argument("--epochs", type=int, default=1, help="passes over the targets or pairs (turn: 1)")
+    parser.add_argument("--dpo-learning-rate", type=float, default=None, help="default: retrain.dpo.learning_rate")
     parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES), help="what v1 trains on")
     parser.add_argument("--transfer", type=int, default=64, help="perovskite queries also scored (0: none)")
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench" / "feedback")
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     started = time.perf_counter()
     overrides = {"rewrite": {"feedback": {"samples": args.samples}}, "rag_eval": {"queries": args.heldout}}
+    if args.dpo_learning_rate:
+        overrides["retrain"] = {"dpo": {"learning_rate": args.dpo_learning_rate}}
     settings = project_settings(args.work, "feedback", overrides)
     cfg, seed = settings.rewrite, settings.seed
     names = list(cfg.strategies)
@@ -143,8 +146,12 @@ def main(argv: list[str] | None = None) -> dict:
             rows, pairs = sets[recipe]
             path, sft_steps, dpo_steps = train_recipe(base, rows, pairs, settings, args.epochs, args.work)
             taught = ModelRef(f"bench-feedback-{recipe}", number, sha256_file(path / "model.safetensors"), path)
-            recipes[recipe] = {"sft_rows": len(rows), "sft_steps": sft_steps, "dpo_pairs": len(pairs)}
-            recipes[recipe]["dpo_steps"] = dpo_steps
+            recipes[recipe] = {
+                "sft_rows": len(rows),
+                "sft_steps": sft_steps,
+                "dpo_pairs": len(pairs),
+                "dpo_steps": dpo_steps,
+            }
             for board in boards:
                 scores = pd.concat([start_scores[board], scoreboard(taught, "candidate", board)], ignore_index=True)
                 recipes[recipe][board] = summarize(scores, seed)

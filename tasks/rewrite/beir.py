@@ -7,11 +7,11 @@ never imported): a query is an arXiv paper (title + abstract), a document is a c
 labels, broader labels, comment), and the paper's tags are its relevant documents. `split_queries` splits it,
 seeded, into queries the turn may learn from and queries its retrieval scoreboard holds out (`tasks/rag_eval`).
 
-`perovskite_to_beir` builds a second benchmark of another kind, never trained on: known-item search over the 254
-abstracts of OpenAI's `abstract2title` eval set inside `evals==3.0.1.post1`, all about perovskite solar cells. A
-query is a paper's title, its relevant document is its own abstract, and every other document is an abstract on
-the same narrow topic: short jargon queries against near-duplicate passages, where a rewriter must add the right
-words, not any words.
+`bundled_to_beir("perovskite", out)` writes a second benchmark of another kind, never trained on: known-item search
+over the 253 abstracts of OpenAI's `abstract2title` eval set inside `evals==3.0.1.post1`, all about perovskite solar
+cells. A query is one of its 254 titles, its relevant document is its own abstract, and every other document is an
+abstract on the same narrow topic: short jargon queries against near-duplicate passages, where a rewriter must add
+the right words, not any words.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ benchmark's relevance judgments (nDCG@10), beside the original query alone. Two 
   first): the target of the selection prompt, so the selector learns which strategies help which query.
 
 The retrain stage trains on them beside the caption data. Held-out queries are never sampled here.
+`feedback_pairs` gives a third kind, rewriting preference pairs (best sample over worst); `bench/rewrite_feedback.py`
+trains on them by DPO, and the turn does not until a recipe beats the untaught model there (README).
 """
 
 from __future__ import annotations
