@@ -119,7 +119,7 @@ def test_beir_loader_rejects_malformed_files_clearly(tmp_path, kind, text, messa
         _beir(tmp_path, **{kind: text})
 
 
-def test_the_bundled_bundled_benchmark_converts_to_beir(tmp_path):
+def test_the_bundled_semanlink_benchmark_converts_to_beir(tmp_path):
     counts = bundled_to_beir("semanlink", tmp_path)
     assert counts == {"queries": 314, "documents": 433, "judgments": 1315}
     bench = load_beir(tmp_path / "corpus.jsonl", tmp_path / "queries.jsonl", tmp_path / "qrels.tsv")
