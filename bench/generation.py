@@ -30,6 +30,7 @@ os.environ.setdefault("FLYWHEEL_PROGRESS", "0")
 import stores  # noqa: E402,F401
 from bench.common import log_bench_run, project_settings  # noqa: E402
 from bench.roofline import Dims, forward_flops, generation_flops, scoring_flops  # noqa: E402
+from flows.allocator import preload_tcmalloc  # noqa: E402
 
 
 def caption_prompts(settings, count: int) -> list:
@@ -251,4 +252,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    preload_tcmalloc()  # as the flywheel command runs
     main()

@@ -1,14 +1,13 @@
 """In-process generation and scoring with transformers (the CPU default and the training-side fallback).
 
-Sampling is seeded per row: a logits processor draws each row's next token with that row's own generator (or takes
-the argmax when greedy) and masks every other token, so `generate` under greedy search emits exactly the drawn token.
-A completion therefore depends on (prompt, sampling, seed) only, not on which other prompts share its batch, which
-is what the LLM-call cache key promises, exactly in float32. In bfloat16 a batch's shape moves logits by rounding
-steps, and over a caption's tokens that is enough to change a draw: 0 of 16 bundled caption prompts (T 0.7, 32
-tokens) sampled the same batched as alone, before the chunked prefill below and after it. A run from scratch on the
-same inputs makes the same batches and draws the same; a resumed run batches what is left differently, and its bf16
-draws are other samples from the same distribution, not the same tokens.
-The same processor records each drawn token's untempered log-prob.
+Sampling is seeded per row: the decoding loop draws each row's next token with that row's own generator (or takes
+the argmax when greedy). A completion therefore depends on (prompt, sampling, seed) only, not on which other prompts
+share its batch, which is what the LLM-call cache key promises, exactly in float32. In bfloat16 a batch's shape
+moves logits by rounding steps, and over a caption's tokens that is enough to change a draw: 0 of 16 bundled caption
+prompts (T 0.7, 32 tokens) sampled the same batched as alone, before the chunked prefill below and after it. A run
+from scratch on the same inputs makes the same batches and draws the same; a resumed run batches what is left
+differently, and its bf16 draws are other samples from the same distribution, not the same tokens.
+The sampler also records each drawn token's untempered log-prob.
 """
 
 from __future__ import annotations
@@ -16,80 +15,52 @@ from __future__ import annotations
 import os
 
 import torch
-from transformers import (
-    AttentionInterface,
-    AttentionMaskInterface,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GenerationConfig,
-    LogitsProcessor,
-    LogitsProcessorList,
-    StaticCache,
-)
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import sdpa_mask
+from transformers import AutoModelForCausalLM, AutoTokenizer, StaticCache
 
 from tasks.config import Sampling
 from tasks.llm.backend import Generation, Messages, Scored
+from tasks.llm.cpu_attention import CPU_ATTENTION
 
-DECODE_ATTENTION = "flywheel_decode"
 # A generation batch decodes up to this many times `batch_size` rows together, prefilled in chunks of `batch_size`
 # distinct prompts; rows that repeat a prompt (best-of-n) share its prefill. 64 rows of 8 prompts x 8 took 9.0 s at
 # 64 rows a batch, 16.2 s at 16 (one process, bf16). 128 or 256 rows a batch were no faster than 64 for 32 prompts
 # x 8 (22.7-26.5 s each way, alternating in one process): decoding steps run at the 64-row matmul rate or better.
 ROWS_PER_PROMPT_BATCH = 4
+# Dropping finished rows copies each remaining row's cache; it pays once the finished rows' remaining steps exceed
+# this many row-steps per remaining row.
+DROP_COST_ROW_STEPS = 1.0
+# A prefill chunk's own cost in padded tokens: a forward pass's fixed work, and matmuls slow below ~512 rows.
+PREFILL_CHUNK_OVERHEAD = 128
 
 
-def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """SDPA, except for one query token per row under a mask (decoding with padding or a preallocated cache): there
-    each key/value head's query heads attend together as two batched matmuls. SDPA's CPU flash kernel took 1.7-2.9
-    ms per layer and step there, a fifth of best-of-n generation time; the matmuls take about half of that (torch
-    profiler). Prefill stays with SDPA: the same matmuls were slower than its kernel there."""
-    if query.shape[2] != 1 or attention_mask is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    batch, heads, _, dim = query.shape
-    kv_heads = key.shape[1]
-    weights = query.view(batch, kv_heads, heads // kv_heads, dim) @ key.transpose(-1, -2) * scaling
-    # the mask is [batch, 1, 1, keys]: True (or 0.0) where the row may attend
-    weights = (
-        weights.masked_fill(~attention_mask, float("-inf"))
-        if attention_mask.dtype == torch.bool
-        else weights + attention_mask
-    )
-    attended = weights.softmax(-1, dtype=torch.float32).to(value.dtype) @ value
-    return attended.view(batch, heads, 1, dim).transpose(1, 2), None
-
-
-AttentionInterface.register(DECODE_ATTENTION, decode_attention)
-AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
-
-
-class SeededSampler(LogitsProcessor):
+class SeededSampler:
     def __init__(self, seeds: list[int], sampling: Sampling):
         self.sampling = sampling
         self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         self.logprobs: list[list[float]] = [[] for _ in seeds]
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        scores = scores.float()
-        chosen = scores.argmax(dim=-1) if self.sampling.temperature == 0 else self._draw(scores)
+    def draw(self, logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """The next token of each of `rows` (one logits row each), the argmax when greedy; records its log-prob."""
+        scores = logits.float()
+        chosen = scores.argmax(dim=-1) if self.sampling.temperature == 0 else self._draw(scores, rows)
         logprobs = scores.gather(-1, chosen[:, None])[:, 0] - scores.logsumexp(dim=-1)
-        for row, logprob in enumerate(logprobs.tolist()):
+        for row, logprob in zip(rows, logprobs.tolist()):
             self.logprobs[row].append(logprob)
-        return torch.full_like(scores, float("-inf")).scatter_(-1, chosen[:, None], 0.0)
+        return chosen
 
-    def _draw(self, logits: torch.Tensor) -> torch.Tensor:
+    def _draw(self, logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
         """One token per row, drawn with the row's own generator among its nucleus (the whole vocabulary at
         top_p 1). Drawing among the nucleus alone, not among the whole vocabulary with the rest zeroed, spends one
         random number per candidate token instead of one per vocabulary entry (49k): that was a sixth of
         best-of-n generation time at 64 rows (torch profiler)."""
         probs = torch.softmax(logits / self.sampling.temperature, dim=-1)
         if self.sampling.top_p < 1.0:
-            rows = nucleus(probs, self.sampling.top_p)
+            candidates = nucleus(probs, self.sampling.top_p)
         else:
-            rows = [(row, torch.arange(len(row))) for row in probs]
+            candidates = [(row, torch.arange(len(row))) for row in probs]
+        generators = [self.generators[row] for row in rows]
         return torch.stack(
-            [ids[torch.multinomial(kept, 1, generator=g)[0]] for (kept, ids), g in zip(rows, self.generators)]
+            [ids[torch.multinomial(kept, 1, generator=g)[0]] for (kept, ids), g in zip(candidates, generators)]
         )
 
 
@@ -111,6 +82,23 @@ def nucleus(probs: torch.Tensor, top_p: float, first_k: int = 256) -> list[tuple
     return rows
 
 
+def prefill_chunks(lengths: list[int], most: int, overhead: int = PREFILL_CHUNK_OVERHEAD) -> list[tuple[int, int]]:
+    """Cut `lengths` (sorted) into chunks of at most `most` that cost the fewest padded tokens, counting `overhead`
+    tokens for each chunk. Fixed chunks of 16 padded the prefill of 64 caption prompts (95-298 tokens) by 14%."""
+    best = [0.0] + [float("inf")] * len(lengths)  # best[end]: the cheapest cut of lengths[:end]
+    cut_at = [0] * (len(lengths) + 1)
+    for end in range(1, len(lengths) + 1):
+        for start in range(max(0, end - most), end):
+            cost = best[start] + lengths[end - 1] * (end - start) + overhead
+            if cost < best[end]:
+                best[end], cut_at[end] = cost, start
+    chunks, end = [], len(lengths)
+    while end:
+        chunks.append((cut_at[end], end))
+        end = cut_at[end]
+    return chunks[::-1]
+
+
 class TransformersBackend:
     def __init__(self, path, batch_size: int = 8, threads: int | None = None, dtype: str = "float32"):
         """`dtype` bfloat16 runs on the CPU's bf16 units (avx512_bf16): ~2.5x faster scoring and ~1.5x faster
@@ -120,7 +108,7 @@ class TransformersBackend:
         self.rows_per_call = batch_size * ROWS_PER_PROMPT_BATCH
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, dtype), attn_implementation=DECODE_ATTENTION
+            path, dtype=getattr(torch, dtype), attn_implementation=CPU_ATTENTION
         ).eval()
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
@@ -171,12 +159,12 @@ class TransformersBackend:
         within the chunk, so causal attention needs no padding mask; its keys and values are copied to every row
         that sends it. Best-of-n annotation and the preference matrix send one prompt n times, and a caption
         prompt's prefill is most of its cost (~300 prompt tokens for ~15 generated). A whole 64-row decode batch
-        prefilled at once would pad every prompt to its longest; chunks of similar length pad little. (SDPA's CPU
-        kernel, a fifth of the prefill, runs as fast with the padding mask as without: 17.2 ms either way for 16
-        prompts x 9 heads x 200 tokens.)"""
+        prefilled at once would pad every prompt to its longest; chunks of similar length pad little
+        (`prefill_chunks`). (SDPA's CPU kernel, a fifth of the prefill, runs as fast with the padding mask as
+        without: 17.2 ms either way for 16 prompts x 9 heads x 200 tokens.)"""
         groups = self._rows_by_prefix(prefixes)
-        for start in range(0, len(groups), self.batch_size):
-            chunk = groups[start : start + self.batch_size]
+        for start, end in prefill_chunks([len(prefix) for prefix, _ in groups], self.batch_size):
+            chunk = groups[start:end]
             width = len(chunk[-1][0])
             if width == 0:
                 continue
@@ -210,31 +198,60 @@ class TransformersBackend:
         # attention mask skips the gap and positions count real tokens only
         width = max(len(r) for r in rows) - 1
         prefixes = [r[:-1] for r in rows]
-        padded, prefix_mask = self._right_pad(prefixes, width)
-        input_ids = torch.tensor([p + [r[-1]] for p, r in zip(padded, rows)])
-        attention_mask = torch.tensor([m + [1] for m in prefix_mask])
         # a preallocated cache: the default one grows by concatenation, which copied every layer's keys and values
         # at every step (a third of generation time at 64 rows)
-        cache = StaticCache(config=self.model.config, max_cache_len=input_ids.shape[1] + sampling.max_new_tokens)
+        cache = StaticCache(config=self.model.config, max_cache_len=width + sampling.max_new_tokens)
         self._prefill(prefixes, cache)
         sampler = SeededSampler(seeds, sampling)
-        config = GenerationConfig(
-            max_new_tokens=sampling.max_new_tokens, do_sample=False, eos_token_id=self.eos_id, pad_token_id=self.pad_id
-        )
-        output = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            generation_config=config,
-            logits_processor=LogitsProcessorList([sampler]),
-            past_key_values=cache,
-        )
+        prefix_mask = torch.tensor(self._right_pad(prefixes, width)[1], dtype=torch.long).reshape(len(rows), width)
+        new_tokens = self._decode(rows, prefix_mask, cache, sampler, sampling.max_new_tokens)
         generations = []
-        for row, new_tokens in enumerate(output[:, input_ids.shape[1] :].tolist()):
-            finished = self.eos_id in new_tokens
-            kept = new_tokens[: new_tokens.index(self.eos_id) + 1] if finished else new_tokens
-            text = self.tokenizer.decode(kept, skip_special_tokens=True)
-            generations.append(Generation(text, kept, sampler.logprobs[row][: len(kept)], finished))
+        for row, tokens in enumerate(new_tokens):
+            finished = bool(tokens) and tokens[-1] == self.eos_id
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            generations.append(Generation(text, tokens, sampler.logprobs[row][: len(tokens)], finished))
         return generations
+
+    def _decode(
+        self, rows: list[list[int]], prefix_mask: torch.Tensor, cache: StaticCache, sampler: SeededSampler, steps: int
+    ) -> list[list[int]]:
+        """Each row's new tokens, up to its end-of-sequence token or `steps`. A finished row stays in the batch (fed
+        padding) until dropping it pays: dropping copies every remaining row's cache. HF's `generate` decoded
+        finished rows to the end, a quarter of the row-steps of 64 caption prompts (T 0.7, 32 tokens)."""
+        batch_rows = list(range(len(rows)))  # the row at each batch position
+        tokens = torch.tensor([[r[-1]] for r in rows])
+        positions = torch.tensor([[len(r) - 1] for r in rows])
+        attention_mask = torch.cat([prefix_mask, torch.ones(len(rows), 1, dtype=torch.long)], dim=1)
+        new_tokens: list[list[int]] = [[] for _ in rows]
+        running = torch.ones(len(rows), dtype=torch.bool)
+        for step in range(steps):
+            logits = self.model(
+                input_ids=tokens,
+                attention_mask=attention_mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            ).logits[:, -1]
+            at = running.nonzero()[:, 0]
+            chosen = sampler.draw(logits[at], [batch_rows[i] for i in at.tolist()])
+            for i, token in zip(at.tolist(), chosen.tolist()):
+                new_tokens[batch_rows[i]].append(token)
+            tokens = torch.full_like(tokens, self.pad_id).index_copy_(0, at, chosen[:, None])
+            running[at] = chosen != self.eos_id
+            if not running.any():
+                break
+            positions = positions + 1
+            attention_mask = torch.cat([attention_mask, running[:, None].long()], dim=1)
+            left = steps - step - 1
+            if (~running).sum() * left > running.sum() * DROP_COST_ROW_STEPS:
+                kept = running.nonzero()[:, 0]
+                for layer in cache.layers:
+                    layer.keys, layer.values = layer.keys[kept], layer.values[kept]
+                batch_rows = [batch_rows[i] for i in kept.tolist()]
+                tokens, positions, attention_mask, running = (
+                    t[kept] for t in (tokens, positions, attention_mask, running)
+                )
+        return new_tokens
 
     @torch.inference_mode()
     def score(self, prompts: list[Messages], completions: list[str]) -> list[Scored]:

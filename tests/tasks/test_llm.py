@@ -49,6 +49,55 @@ def test_a_prompt_sent_n_times_is_prefilled_once_and_samples_as_if_alone(backend
     assert len({tuple(g.token_ids) for g in together[:2] + together[3:]}) > 1  # the seeds still differ
 
 
+def test_finished_rows_leave_the_decoding_batch_and_the_others_decode_as_if_alone(backend):
+    decoded = []  # rows of each decoding step
+
+    def record(module, args, kwargs):
+        if kwargs.get("past_key_values") is not None and kwargs["input_ids"].shape[1] == 1:
+            decoded.append(kwargs["input_ids"].shape[0])
+
+    medium = [{"role": "user", "content": LONG[0]["content"][:150]}]
+    prompts, greedy = [SHORT, LONG, medium], Sampling(temperature=0.0, max_new_tokens=40)
+    hook = backend.model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        together = backend.generate(prompts, greedy, [0, 0, 0])
+    finally:
+        hook.remove()
+    lengths = sorted(len(g.token_ids) for g in together)
+    assert all(g.finished for g in together) and lengths[0] < lengths[1] < lengths[2]  # they end apart
+    assert decoded[0] == 3 and decoded[-1] == 1 and len(decoded) == lengths[2]  # shrinks, stops with the last
+    alone = [backend.generate([p], greedy, [0])[0] for p in prompts]
+    assert [g.token_ids for g in together] == [g.token_ids for g in alone]
+    assert all(abs(a - b) < 1e-3 for x, y in zip(together, alone) for a, b in zip(x.token_logprobs, y.token_logprobs))
+
+
+def test_prefill_chunks_pad_less_than_fixed_chunks_and_keep_every_prompt_once():
+    from tasks.llm.transformers_backend import prefill_chunks
+
+    lengths = [95, 100, 103, 119, 133, 140, 146, 150, 161, 165, 178, 190, 222, 245, 271, 298]
+    chunks = prefill_chunks(lengths, most=4, overhead=16)
+    assert [i for start, end in chunks for i in range(start, end)] == list(range(len(lengths)))
+    assert all(0 < end - start <= 4 for start, end in chunks)
+
+    def padded(cut):
+        return sum(lengths[end - 1] * (end - start) for start, end in cut)
+
+    fixed = [(start, start + 4) for start in range(0, len(lengths), 4)]
+    assert padded(chunks) < padded(fixed) and len(chunks) > len(fixed)
+    assert prefill_chunks(lengths, most=4, overhead=10**6) == fixed  # a dear chunk: as few as fit
+
+
+def test_blocked_causal_attention_equals_sdpa():
+    import torch
+
+    from tasks.llm.cpu_attention import causal_attention
+
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(2, heads, 150, 64, generator=generator) for heads in (9, 3, 3))
+    expected = torch.nn.functional.scaled_dot_product_attention(query, key, value, is_causal=True, enable_gqa=True)
+    assert torch.allclose(causal_attention(query, key, value, 64**-0.5, block=64), expected, atol=1e-5)
+
+
 def test_scoring_candidates_of_one_prompt_after_its_shared_prefix_equals_scoring_each_alone(backend):
     prompts = [LONG, LONG, SHORT, LONG]
     completions = ["A survey of retrieval", "Knowledge graphs and language models, a very long title", "GNNs", "RAG"]
