@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import stores  # noqa: E402,F401
+from flows.allocator import preload_tcmalloc  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -220,4 +221,5 @@ def limit_gflop_s(roofline: dict, rows: int = 512) -> tuple[float, str]:
 
 
 if __name__ == "__main__":
+    preload_tcmalloc()  # the engines it is the limit of run under it (bench/generation.py, bench/training.py)
     main()
