@@ -21,10 +21,11 @@ from tasks.config import Sampling
 from tasks.llm.backend import Generation, Messages, Scored
 from tasks.llm.cpu_attention import CPU_ATTENTION
 
-# A generation batch decodes up to this many times `batch_size` rows together, prefilled in chunks of `batch_size`
-# distinct prompts; rows that repeat a prompt (best-of-n) share its prefill. 64 rows of 8 prompts x 8 took 9.0 s at
-# 64 rows a batch, 16.2 s at 16 (one process, bf16). 128 or 256 rows a batch were no faster than 64 for 32 prompts
-# x 8 (22.7-26.5 s each way, alternating in one process): decoding steps run at the 64-row matmul rate or better.
+# A generation batch decodes up to this many times `batch_size` rows together, prefilled in chunks of at most
+# `batch_size` distinct prompts; rows that repeat a prompt (best-of-n) share its prefill. 64 rows of 8 prompts x 8 took
+# 9.0 s at 64 rows a batch, 16.2 s at 16 (one process, bf16). 128 or 256 rows a batch were no faster than 64 for 32
+# prompts x 8 (22.7-26.5 s each way, alternating in one process): decoding steps run at the 64-row matmul rate or
+# better.
 ROWS_PER_PROMPT_BATCH = 4
 # Dropping finished rows copies each remaining row's cache; it pays once the finished rows' remaining steps exceed
 # this many row-steps per remaining row.
@@ -139,7 +140,7 @@ class TransformersBackend:
 
     def _generation_batches(self, rows: list[list[int]]) -> list[list[int]]:
         """Row indices sorted by length with a prompt's rows together, `rows_per_call` rows a batch: a batch decodes
-        together, and its prefill runs in chunks of `batch_size` distinct prompts (`_prefill`)."""
+        together, and its prefill runs in chunks of at most `batch_size` distinct prompts (`_prefill`)."""
         order = sorted(range(len(rows)), key=lambda i: (len(rows[i]), rows[i]))
         return [order[start : start + self.rows_per_call] for start in range(0, len(order), self.rows_per_call)]
 
@@ -154,14 +155,14 @@ class TransformersBackend:
         return results
 
     def _prefill(self, prefixes: list[list[int]], cache: StaticCache) -> None:
-        """Fill `cache` with each row's `prefix` (its prompt but the last token), right-padded to the longest.
-        Each distinct prefix runs once, in chunks of `batch_size` distinct prefixes of similar length, right-padded
-        within the chunk, so causal attention needs no padding mask; its keys and values are copied to every row
-        that sends it. Best-of-n annotation and the preference matrix send one prompt n times, and a caption
-        prompt's prefill is most of its cost (~300 prompt tokens for ~15 generated). A whole 64-row decode batch
-        prefilled at once would pad every prompt to its longest; chunks of similar length pad little
-        (`prefill_chunks`). (SDPA's CPU kernel, a fifth of the prefill, runs as fast with the padding mask as
-        without: 17.2 ms either way for 16 prompts x 9 heads x 200 tokens.)"""
+        """Fill `cache` with each row's `prefix` (its prompt but the last token), right-padded to the longest. Each
+        distinct prefix runs once, in chunks of at most `batch_size` distinct prefixes of similar length, right-padded
+        within the chunk, so causal attention needs no padding mask; its keys and values are copied to every row that
+        sends it. Best-of-n annotation and the preference matrix send one prompt n times, and a caption prompt's prefill
+        is most of its cost (~300 prompt tokens for ~15 generated). A whole 64-row decode batch prefilled at once would
+        pad every prompt to its longest; chunks of similar length pad little (`prefill_chunks`). (SDPA's CPU kernel, a
+        fifth of the prefill, runs as fast with the padding mask as without: 17.2 ms either way for 16 prompts x 9 heads
+        x 200 tokens; bf16 chunks attend with `cpu_attention.causal_attention` instead.)"""
         groups = self._rows_by_prefix(prefixes)
         for start, end in prefill_chunks([len(prefix) for prefix, _ in groups], self.batch_size):
             chunk = groups[start:end]
