@@ -97,10 +97,9 @@ def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
 
     from flows.summary import retrieval_table
-    from stores.index import CorpusIndex
     from stores.registry import ModelRef, sha256_file
     from stores.store import Store
-    from tasks.llm.embeddings import embed
+    from tasks.llm.embeddings import dense_index
     from tasks.rag_eval.scoreboard import heldout_queries, summarize
     from tasks.rewrite.beir import bundled_benchmark
     from tasks.rewrite.feedback import benchmark_index, collect_feedback, train_window
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     retrieval = {"fusion": cfg.fusion, "rrf_k": cfg.rrf_k, "depth": cfg.fusion_depth}  # score_queries' order
     base = register_base_model(settings)
     with Store.open(settings.path("store")) as store:
-        bench, index = benchmark_index(store.con)
+        bench, index = benchmark_index(store.con, cfg.dense_dtype)
         train_ids = train_window(bench, settings.rag_eval.heldout_fraction, seed, 1, args.train_queries)
         llm = cached_llm(settings, store, base)
         feedback = collect_feedback(
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.transfer:
             other = bundled_benchmark("perovskite")
             docs = pd.DataFrame({"doc_id": list(other.corpus), "text": list(other.corpus.values())})
-            other_index = CorpusIndex(store.con, docs, embed, "rag_perovskite")
+            other_index = dense_index(store.con, docs, cfg.dense_dtype, "rag_perovskite")
             boards["perovskite"] = (other, sorted(other.queries)[: args.transfer], other_index)
 
         def scoreboard(model: ModelRef, role: str, board: str) -> pd.DataFrame:

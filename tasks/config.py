@@ -44,6 +44,15 @@ def native_bf16() -> bool:
     return torch.cuda.is_available()
 
 
+def resolve_dtype(dtype: str) -> str:
+    """`auto` as the precision it stands for here, resolved when params load, so batch ids and the LLM-call cache's
+    engine key name the precision used."""
+    return ("bfloat16" if native_bf16() else "float32") if dtype == "auto" else dtype
+
+
+Precision = Annotated[Literal["auto", "float32", "bfloat16"], AfterValidator(resolve_dtype)]
+
+
 # DMQR-RAG's rewriting strategies, defined in tasks/rewrite/strategies.py (a test keeps the two lists equal; the
 # config imports no stage module, so validating a params file stays light)
 StrategyName = Literal["gqr", "kwr", "par", "cce"]
@@ -224,14 +233,8 @@ class Model(Strict):
     threads: int | None = Field(None, ge=1)
     backend: Literal["transformers", "vllm"] = "transformers"  # generation engine; training is always transformers
     # transformers inference precision (training: retrain.bf16); auto: bfloat16 where native_bf16(), else float32
-    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", validate_default=True)
+    dtype: Precision = Field("auto", validate_default=True)
     server: Server = Server()
-
-    @field_validator("dtype")
-    @classmethod
-    def _resolve_dtype(cls, dtype: str) -> str:
-        """`auto` is resolved here, so batch ids and the LLM-call cache's engine key name the precision used."""
-        return ("bfloat16" if native_bf16() else "float32") if dtype == "auto" else dtype
 
 
 class Refine(Strict):
@@ -322,6 +325,8 @@ class Rewrite(Strict):
     fusion: Literal["rrf", "rerank"] = "rrf"  # reciprocal rank fusion, or union reranked by similarity to the original
     rrf_k: int = Field(60, ge=1)
     fusion_depth: int = Field(10, ge=2, le=1000)  # documents each query's BM25 and dense rankings bring to the fusion
+    # MiniLM precision of every retrieval index (corpus and query vectors); auto: bfloat16 autocast where native_bf16()
+    dense_dtype: Precision = Field("auto", validate_default=True)
     feedback: Feedback = Feedback()
 
     @field_validator("strategies")

@@ -77,7 +77,10 @@ STAGE = StageDef(
         "context",
         "task.content",
         "task.max_field_chars",
-        *(f"rewrite.{k}" for k in ("strategies", "adaptive", "sampling", "max_query_chars", "fusion_depth")),
+        *(
+            f"rewrite.{k}"
+            for k in ("strategies", "adaptive", "sampling", "max_query_chars", "fusion_depth", "dense_dtype")
+        ),
     ),
     run=run,
     uses_model=False,

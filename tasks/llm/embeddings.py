@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+
+from stores.index import CorpusIndex
 
 
 @lru_cache(maxsize=1)
@@ -19,14 +22,26 @@ def _model():
     return SentenceTransformer(str(Path(spec.submodule_search_locations[0]) / "model"), device="cpu")
 
 
-def embed(texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """Unit-normalized 384-dim vectors, so a dot product is the cosine similarity."""
+def embed(texts: list[str], batch_size: int = 64, dtype: str = "float32") -> np.ndarray:
+    """Unit-normalized 384-dim float32 vectors, so a dot product is the cosine similarity. `dtype` bfloat16 runs the
+    model under bf16 autocast (layer norms and the pooled, normalized vector stay float32)."""
+    import torch
+
     if not texts:
         return np.zeros((0, 384), dtype=np.float32)
-    vectors = _model().encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+        vectors = _model().encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
     return np.asarray(vectors, dtype=np.float32)
 
 
 def similarity(left: list[str], right: list[str]) -> np.ndarray:
     """Row-wise cosine similarity of two equally long text lists."""
     return np.clip(np.sum(embed(left) * embed(right), axis=1), -1.0, 1.0)
+
+
+def dense_index(con, docs: pd.DataFrame, dtype: str, table: str = "corpus") -> CorpusIndex:
+    """The store's BM25 + dense index of `docs` with vectors embedded at `dtype` (`rewrite.dense_dtype`). bf16
+    autocast embeds 1.8x faster here, and 99.4% of the top-3 documents stay the same (README, issue 18); each
+    precision keeps a table of its own, so a store never mixes the two kinds of vectors."""
+    name = table if dtype == "float32" else f"{table}_{dtype}"
+    return CorpusIndex(con, docs, partial(embed, dtype=dtype), name)

@@ -21,7 +21,7 @@ from stores.index import CorpusIndex
 from stores.schema import Column, TableSpec
 from tasks.config import Feedback
 from tasks.llm.backend import Messages
-from tasks.llm.embeddings import embed
+from tasks.llm.embeddings import dense_index
 from tasks.rewrite.beir import Benchmark, bundled_benchmark, split_queries
 from tasks.rewrite.dmqr import clean_rewrite
 from tasks.rewrite.metrics import query_metrics
@@ -47,11 +47,11 @@ FEEDBACK = TableSpec(
 )
 
 
-def benchmark_index(con) -> tuple[Benchmark, CorpusIndex]:
+def benchmark_index(con, dtype: str) -> tuple[Benchmark, CorpusIndex]:
     """The bundled Semanlink arXiv→tags benchmark and its BM25 + dense index in the store."""
     bench = bundled_benchmark()
     docs = pd.DataFrame({"doc_id": list(bench.corpus), "text": list(bench.corpus.values())})
-    return bench, CorpusIndex(con, docs, embed, BENCHMARK_INDEX)
+    return bench, dense_index(con, docs, dtype, BENCHMARK_INDEX)
 
 
 def train_window(bench: Benchmark, heldout_fraction: float, seed: int, turn: int, count: int) -> list[str]:

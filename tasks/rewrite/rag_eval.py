@@ -19,7 +19,7 @@ import pandas as pd
 from stores.index import CorpusIndex, Fusion
 from tasks.config import Sampling
 from tasks.errors import InputError
-from tasks.llm.embeddings import embed
+from tasks.llm.embeddings import dense_index
 from tasks.rewrite.beir import Benchmark, load_beir
 from tasks.rewrite.dmqr import QueryPool, rewrite, select_strategies
 from tasks.rewrite.metrics import query_metrics
@@ -84,10 +84,11 @@ def evaluate_rag(
     limit: int | None = None,
     *,
     depth: int,
+    dtype: str,
 ) -> dict:
     query_ids = sorted(bench.queries)[:limit]
     docs = pd.DataFrame({"doc_id": list(bench.corpus), "text": list(bench.corpus.values())})
-    index = CorpusIndex(con, docs, embed, table)
+    index = dense_index(con, docs, dtype, table)
     scores, selections, rewrites = score_queries(
         bench, query_ids, llm, index, names, sampling, max_chars, fusion, rrf_k, depth
     )
@@ -147,6 +148,7 @@ def rag_eval_files(
             table,
             limit,
             depth=depth or cfg.fusion_depth,
+            dtype=cfg.dense_dtype,
         )
     result["model"] = model.label
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ import pandas as pd
 
 from stores.index import CorpusIndex
 from stores.schema import Column, TableSpec
-from tasks.llm.embeddings import embed
+from tasks.llm.embeddings import dense_index
 from tasks.prompts import clip, item_content
 from tasks.rewrite.dmqr import build_pools
 from tasks.rewrite.feedback import FEEDBACK, benchmark_index, collect_feedback, train_window
@@ -66,7 +66,8 @@ def corpus_index(ctx: StageContext) -> CorpusIndex:
     corpus = items[items["split"] != "heldout"]
     task = ctx.settings.task
     texts = [f"{item['reference']}. {item_content(item, task)}" for item in corpus.to_dict("records")]
-    return CorpusIndex(ctx.store.con, pd.DataFrame({"doc_id": corpus["item_id"], "text": texts}), embed)
+    docs = pd.DataFrame({"doc_id": corpus["item_id"], "text": texts})
+    return dense_index(ctx.store.con, docs, ctx.settings.rewrite.dense_dtype)
 
 
 def run(ctx: StageContext) -> StageOutput:
@@ -117,7 +118,7 @@ def retrieval_feedback(ctx: StageContext) -> pd.DataFrame:
     cfg, seed = ctx.settings.rewrite, ctx.settings.seed
     if not cfg.feedback.queries_per_turn:
         return pd.DataFrame(columns=list(FEEDBACK.column_names))
-    bench, index = benchmark_index(ctx.store.con)
+    bench, index = benchmark_index(ctx.store.con, cfg.dense_dtype)
     count = cfg.feedback.queries_per_turn
     query_ids = train_window(bench, ctx.settings.rag_eval.heldout_fraction, seed, ctx.turn, count)
     retrieval = {"rrf_k": cfg.rrf_k, "fusion": cfg.fusion, "depth": cfg.fusion_depth}

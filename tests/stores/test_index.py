@@ -67,3 +67,19 @@ def test_a_query_searched_again_is_embedded_once(tmp_path):
         again = index.search([["graph networks", "pasta at home"]], k=2)
     assert embed.texts - before == 2  # two distinct queries over both calls
     assert first[0][0] == "pasta" and len(again[0]) == 2
+
+
+def test_bf16_retrieval_vectors_stay_close_to_float32_in_a_table_of_their_own(tmp_path):
+    """rewrite.dense_dtype: MiniLM under bf16 autocast gives vectors within a hundredth of cosine of float32's and
+    the same ranking here; each precision keeps its own table, so a store never mixes the two."""
+    from tasks.llm.embeddings import dense_index
+
+    with Store.open(tmp_path / "s.duckdb") as store:
+        exact = dense_index(store.con, DOCS, "float32")
+        fast = dense_index(store.con, DOCS, "bfloat16")
+        tables = {name for (name,) in store.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        queries = ["graph neural networks", "homemade pasta", "question answering with retrieval"]
+        rankings = [index.search([[q] for q in queries], k=4) for index in (exact, fast)]
+    assert (exact.table, fast.table) == ("corpus", "corpus_bfloat16") and {"corpus", "corpus_bfloat16"} <= tables
+    assert 0.99 < np.sum(exact.vectors * fast.vectors, axis=1).min() and not np.array_equal(exact.vectors, fast.vectors)
+    assert rankings[0] == rankings[1]
