@@ -117,7 +117,14 @@ def headlines(results: dict) -> list[tuple[str, str, str]]:
         rows.append(("DuckDB insert rows/s", f"{largest['insert_rows_s']:,.0f}", ">= 100,000"))
     if "retrieval_speed" in results:
         speed = {r["what"]: r for r in results["retrieval_speed"]["rows"]}
-        rows.append(("BM25 queries/s", f"{speed['BM25']['qps']:.0f}", "reported"))
+        bm25, macro = speed["BM25"], speed["BM25, the FTS macro per query"]
+        rows.append(
+            (
+                "BM25 queries/s, one statement for all",
+                f"{bm25['qps']:.0f} ({bm25['qps'] / macro['qps']:.0f}x the FTS macro per query)",
+                "reported",
+            )
+        )
         exact, fast = speed["dense float32 (embed + search)"], speed["dense bfloat16 (embed + search)"]
         rows.append(("dense queries/s (embedding included), float32", f"{exact['qps']:.0f}", "reported"))
         rows.append(

@@ -79,14 +79,53 @@ class CorpusIndex:
         self.con.execute(f"PRAGMA create_fts_index('{self.table}', 'doc_id', 'text', overwrite=1)")
 
     def bm25(self, query: str, k: int) -> list[str]:
-        if (query, k) not in self._bm25:
+        return self.bm25_many([query], k)[0]
+
+    def bm25_many(self, queries: list[str], k: int) -> list[list[str]]:
+        """Each query's BM25 top k (a query searched before is looked up, not searched again)."""
+        fresh = [q for q in dict.fromkeys(queries) if (q, k) not in self._bm25]
+        if fresh:
+            found = self._bm25_batch(fresh, k)
+            self._bm25 |= {(query, k): found.get(position, []) for position, query in enumerate(fresh)}
+        return [self._bm25[(query, k)] for query in queries]
+
+    def _bm25_batch(self, queries: list[str], k: int) -> dict[int, list[str]]:
+        """The top k of every query in one statement: DuckDB FTS's `match_bm25` (k1 1.2, b 0.75, any field, not
+        conjunctive) written out over a table of queries, ties by doc id. The macro, called once per query, scans
+        the index once per query: ~11 ms each, a fifth of the context stage (1,073 queries)."""
+        fts = f"fts_main_{self.table}"
+        self.con.register("bm25_queries", pd.DataFrame({"qid": range(len(queries)), "query": queries}))
+        try:
             rows = self.con.execute(
-                f"SELECT doc_id, fts_main_{self.table}.match_bm25(doc_id, ?) AS score FROM {self.table} "
-                "WHERE score IS NOT NULL ORDER BY score DESC, doc_id LIMIT ?",
-                [query, k],
+                f"""
+                WITH tokens AS (
+                    SELECT DISTINCT qid, stem(unnest({fts}.tokenize(query)), 'porter') AS t FROM bm25_queries
+                ), term_tf AS (
+                    SELECT qid, terms.termid, terms.docid, count(*) AS tf
+                    FROM tokens JOIN {fts}.dict AS dict ON dict.term = tokens.t
+                    JOIN {fts}.terms AS terms ON terms.termid = dict.termid
+                    GROUP BY qid, terms.docid, terms.termid
+                ), scores AS (
+                    SELECT qid, docs.name AS doc_id, sum(
+                        log(((stats.num_docs - dict.df) + 0.5) / (dict.df + 0.5) + 1)
+                        * (tf * (1.2 + 1)) / (tf + 1.2 * ((1 - 0.75) + 0.75 * (docs.len / stats.avgdl)))
+                    ) AS score
+                    FROM term_tf JOIN {fts}.docs AS docs ON docs.docid = term_tf.docid
+                    JOIN {fts}.dict AS dict ON dict.termid = term_tf.termid, {fts}.stats AS stats
+                    GROUP BY qid, docs.name
+                )
+                SELECT qid, doc_id FROM scores
+                QUALIFY row_number() OVER (PARTITION BY qid ORDER BY score DESC, doc_id) <= ?
+                ORDER BY qid, score DESC, doc_id
+                """,
+                [k],
             ).fetchall()
-            self._bm25[(query, k)] = [doc_id for doc_id, _ in rows]
-        return self._bm25[(query, k)]
+        finally:
+            self.con.unregister("bm25_queries")
+        found: dict[int, list[str]] = {}
+        for qid, doc_id in rows:
+            found.setdefault(qid, []).append(doc_id)
+        return found
 
     def dense(self, vectors: np.ndarray, k: int) -> list[list[str]]:
         scores = vectors @ self.vectors.T
@@ -110,9 +149,10 @@ class CorpusIndex:
         self._query_vectors |= dict(zip(fresh, self.embed(fresh))) if fresh else {}
         vectors = {q: self._query_vectors[q] for q in unique}
         dense = dict(zip(unique, self.dense(np.stack(list(vectors.values())), depth))) if unique else {}
+        bm25 = dict(zip(unique, self.bm25_many(unique, depth)))
         results = []
         for position, pool in enumerate(query_pools):
-            rankings = [ranking for query in pool for ranking in (self.bm25(query, depth), dense[query])]
+            rankings = [ranking for query in pool for ranking in (bm25[query], dense[query])]
             if fusion == "rrf":
                 fused = reciprocal_rank_fusion(rankings, rrf_k)
             else:

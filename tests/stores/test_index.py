@@ -36,6 +36,22 @@ def test_bm25_finds_the_matching_document(tmp_path):
         assert index.bm25("pasta", 5) == ["pasta"]
 
 
+def test_many_queries_at_once_rank_as_the_fts_macro_ranks_each(tmp_path):
+    """`bm25_many` writes DuckDB FTS's `match_bm25` out over a table of queries; it must rank as the macro does."""
+    queries = ["graph neural networks", "Language models: knowledge graphs?", "pasta", "the of and", "", "zz", "GRAPHS"]
+    with Store.open(tmp_path / "s.duckdb") as store:
+        index = CorpusIndex(store.con, DOCS, CountingEmbed())
+        batched = index.bm25_many(queries, 3)
+        one_by_one = [
+            [doc_id for (doc_id,) in store.con.execute(
+                "SELECT doc_id FROM (SELECT doc_id, fts_main_corpus.match_bm25(doc_id, ?) AS score FROM corpus) "
+                "WHERE score IS NOT NULL ORDER BY score DESC, doc_id LIMIT 3", [query]).fetchall()]
+            for query in queries
+        ]  # fmt: skip
+    assert batched == one_by_one and batched[2] == ["pasta"] and batched[3] == batched[4] == batched[5] == []
+    assert batched[0][0] == "gnn" and set(batched[1][:2]) == {"kg", "gnn"}
+
+
 def test_search_fuses_and_excludes_the_query_item(tmp_path):
     with Store.open(tmp_path / "s.duckdb") as store:
         index = CorpusIndex(store.con, DOCS, CountingEmbed())
