@@ -40,8 +40,8 @@ def similarity(left: list[str], right: list[str]) -> np.ndarray:
 
 
 def dense_index(con, docs: pd.DataFrame, dtype: str, table: str = "corpus") -> CorpusIndex:
-    """The store's BM25 + dense index of `docs` with vectors embedded at `dtype` (`rewrite.dense_dtype`). bf16
-    autocast embeds 1.8x faster here, and 99.4% of the top-3 documents stay the same (README, issue 18); each
-    precision keeps a table of its own, so a store never mixes the two kinds of vectors."""
+    """The store's BM25 + dense index of `docs` with vectors embedded at `dtype` (`rewrite.dense_dtype`; how much
+    faster bf16 autocast embeds and how much of float32's top k it keeps: bench/retrieval_speed.py). Each precision
+    keeps a table of its own, so a store never mixes the two kinds of vectors."""
     name = table if dtype == "float32" else f"{table}_{dtype}"
     return CorpusIndex(con, docs, partial(embed, dtype=dtype), name)

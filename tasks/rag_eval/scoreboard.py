@@ -103,7 +103,7 @@ def chart(summary: dict[str, float], configs: list[str], start_label: str, candi
 
 def run(ctx: StageContext) -> StageOutput:
     cfg = ctx.settings.rewrite
-    bench, index = benchmark_index(ctx.store.con, ctx.settings.rewrite.dense_dtype)
+    bench, index = benchmark_index(ctx.store.con, cfg.dense_dtype)
     query_ids = heldout_queries(bench, ctx.settings)
     candidate = ctx.registry.get(ctx.upstream_summary("retrain")["candidate_version"])
     tables = []
