@@ -74,7 +74,8 @@ def headlines(results: dict) -> list[tuple[str, str, str]]:
             measured = f"{row['gflop_s'] / limit:.0%} ({row['gflop_s']:.0f} GFLOP/s, {row['s_per_step']:.1f} s/step)"
             rows.append((figure, measured, ">= 40%" if row["row"] == "default" else "reported"))
     if "generation" in results:
-        gen = {r["path"].split(" (")[0]: r for r in results["generation"]["generation"]}
+        # best-of-n: the shared-prefill row (the line's-end row, fewer tokens for the same captions, has its own)
+        gen = {r["path"].split(" (")[0]: r for r in results["generation"]["generation"] if "same_captions" not in r}
         for path, row in gen.items():
             if path.startswith("naive") or path == "transformers batched":  # the baselines
                 continue
@@ -90,6 +91,10 @@ def headlines(results: dict) -> list[tuple[str, str, str]]:
             rows.append((f"scoring {row['path']}: seq/s vs one at a time", f"{row['vs_single']:.1f}x", "reported"))
         for key, value in results["generation"].get("agreement", {}).items():
             rows.append((f"vs float32 transformers: {key}", f"{value:.3f}", "reported"))
+        if line_end := results["generation"].get("line_end"):
+            measured = f"{line_end['speedup']:.2f}x ({line_end['tokens_saved']:.0%} fewer tokens, "
+            measured += f"{line_end['same_captions']:.0%} same captions)"
+            rows.append(("best-of-n stopped at the line's end vs whole completions: time", measured, "reported"))
     turns = {name.removeprefix("turn-"): results[name] for name in results if name.startswith("turn-")}
     for engine, turn in turns.items():
         rows.append((f"rerun of a finished turn vs cold ({engine})", f"{turn['speedup']:.0f}x", ">= 50x"))

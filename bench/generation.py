@@ -79,7 +79,10 @@ def same_text(generations, reference) -> float:
 
 def best_of_n_rows(local, prompts: list, sampling, n: int) -> list[dict]:
     """`n` samples of each of the first len(prompts) // n prompts (best-of-n annotation, the preference matrix):
-    every row prefilled on its own, then each distinct prompt prefilled once and its cache copied to its rows."""
+    every row prefilled on its own, then each distinct prompt prefilled once and its cache copied to its rows, then
+    that again with each row stopped at its first line's end (annotation's path: the caption is that line)."""
+    from tasks.prompts import first_line
+
     repeated = [p for p in prompts[: max(1, len(prompts) // n)] for _ in range(n)]
     seeds = list(range(len(repeated)))
 
@@ -93,12 +96,16 @@ def best_of_n_rows(local, prompts: list, sampling, n: int) -> list[dict]:
         del local._rows_by_prefix
     together, together_s = timed(lambda: local.generate(repeated, sampling, seeds))
     same = sum(a.token_ids == b.token_ids for a, b in zip(alone, together)) / len(repeated)
+    lines, lines_s = timed(lambda: local.generate(repeated, sampling, seeds, one_line=True))
+    same_line = sum(first_line(a.text) == first_line(b.text) for a, b in zip(together, lines)) / len(repeated)
     label = f"transformers best-of-{n} ({str(local.model.dtype).removeprefix('torch.')}, {local.batch_size}"
     return [
         {"path": f"{label}, prefill per row)", "prompts": repeated, "generations": alone, "seconds": alone_s,
          "copies": n},
         {"path": f"{label}, shared prefill)", "prompts": repeated, "generations": together, "seconds": together_s,
          "copies": n, "same_tokens": same},
+        {"path": f"{label}, shared prefill, to the line's end)", "prompts": repeated, "generations": lines,
+         "seconds": lines_s, "copies": n, "same_captions": same_line},
     ]  # fmt: skip
 
 
@@ -240,13 +247,21 @@ def main(argv: list[str] | None = None) -> dict:
     shared = next((r for r in rows if "same_tokens" in r), None)
     if shared:
         agreement["shared_prefill_same_tokens"] = shared["same_tokens"]
+    lines = next(r for r in rows if "same_captions" in r)  # the same captions from fewer tokens: time is the figure
+    line_end = {
+        "speedup": shared["seconds"] / lines["seconds"],
+        "tokens_saved": 1 - lines["tokens"] / shared["tokens"],
+        "same_captions": lines["same_captions"],
+    }
+    console.print(f"best-of-{args.best_of} to the line's end vs whole completions: {line_end}")
     console.print(f"agreement with float32 transformers: {agreement}")
     result = {"prompts": len(prompts), "sampling": sampling.model_dump(), "generation": rows, "scoring": scoring}
-    result["agreement"] = agreement
+    result["agreement"], result["line_end"] = agreement, line_end
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     metrics = {f"gen_{i}_tok_s": r["tok_s"] for i, r in enumerate(rows)}
     metrics |= {f"score_{i}_seq_s": r["seq_s"] for i, r in enumerate(scoring)} | agreement
+    metrics |= {f"line_end_{name}": value for name, value in line_end.items()}
     log_bench_run("generation", {"prompts": len(prompts), **sampling.model_dump()}, metrics, args.out, args.mlflow_dir)
     return result
 

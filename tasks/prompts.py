@@ -82,14 +82,24 @@ def task_output(text: str, task: Task) -> str:
 
 
 def sample_captions(
-    items: pd.DataFrame, llm, per_item: int, sampling: Sampling, task: Task, seed: int, purpose: str
+    items: pd.DataFrame,
+    llm,
+    per_item: int,
+    sampling: Sampling,
+    task: Task,
+    seed: int,
+    purpose: str,
+    whole: bool = False,
 ) -> list[tuple[dict, int, Generation]]:
-    """`per_item` caption completions per item, each seeded by (seed, purpose, item, index): (item, index, gen)."""
+    """`per_item` caption completions per item, each seeded by (seed, purpose, item, index): (item, index, gen).
+    Under a one-line task each stops at its first line's end, which is all `task_output` reads; `whole` lets it
+    run on (preference responses: their filter judges all of it)."""
     jobs = [(item, index) for item in items.to_dict("records") for index in range(per_item)]
     generations = llm.generate(
         [prompt_messages(item, task) for item, _ in jobs],
         sampling,
         [derive_seed(seed, purpose, item["item_id"], index) for item, index in jobs],
         desc=purpose,
+        one_line=task.output == "line" and not whole,
     )
     return [(item, index, generation) for (item, index), generation in zip(jobs, generations)]

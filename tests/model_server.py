@@ -45,7 +45,7 @@ class ModelServer:
             if "prompt_logprobs" in body:
                 return {"choices": [{"prompt_logprobs": self._prompt_logprobs(ids)}]}
             sampling = Sampling(temperature=body["temperature"], top_p=body["top_p"], max_new_tokens=body["max_tokens"])
-            generation = self.backend._generate_batch([ids], sampling, [body["seed"]])[0]
+            generation = self.backend._generate_batch([ids], sampling, [body["seed"]], None)[0]
         tokens = [f"token_id:{t}" for t in generation.token_ids]
         logprobs = {"tokens": tokens, "token_logprobs": generation.token_logprobs}
         return {"choices": [{"logprobs": logprobs, "finish_reason": "stop" if generation.finished else "length"}]}

@@ -4,7 +4,8 @@ turn's train items from all of its signals (the prompt template lives in tasks/p
 same cached generation backend.
 
 Several candidates per item (count and sampling are params); each keeps its mean and min token log-prob and its
-length, which the noise control reads. Empty captions fail validation and land in quarantine.
+length, which the noise control reads. Generation stops at the end of the caption's line (the line break's log-prob
+is its last), or at `max_new_tokens` (`finished` false). Empty captions fail validation and land in quarantine.
 
 The same annotator also annotates the dataset-quality probe (train items set aside from every window, the same
 items every turn) with the same sampling; its quality against the probe's human titles, turn after turn, is the

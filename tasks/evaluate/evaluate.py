@@ -50,7 +50,8 @@ def score_captions(items: pd.DataFrame, llm, sampling: Sampling, task: Task, rol
     """The model behind `llm` answers `items`; each output is scored against the item's reference with every metric
     the task names (the others stay null)."""
     prompts = [prompt_messages(item, task) for item in items.to_dict("records")]
-    generations = llm.generate(prompts, sampling, [0] * len(prompts), f"evaluate/{role}")
+    one_line = task.output == "line"  # the rest of a completion is never read
+    generations = llm.generate(prompts, sampling, [0] * len(prompts), f"evaluate/{role}", one_line=one_line)
     captions = [task_output(g.text, task) for g in generations]
     scores = reference_scores(captions, list(items["reference"]), task.metrics)
     unscored = {name: None for name in REFERENCE_METRICS if name not in scores}

@@ -65,10 +65,15 @@ class CachedLLM:
             self._backend = self._backend_factory(self.model)
         return self._backend
 
-    def generate(self, prompts: list[Messages], sampling: Sampling, seeds: list[int], desc: str) -> list[Generation]:
+    def generate(
+        self, prompts: list[Messages], sampling: Sampling, seeds: list[int], desc: str, one_line: bool = False
+    ) -> list[Generation]:
+        """`one_line`: each completion stops at the end of its first non-empty line (`LineEnds`)."""
         greedy = sampling.temperature == 0
+        stop = {"one_line": True} if one_line else {}  # in the key only where asked: other calls keep their keys
         requests = [
             {"prompt": p, "sampling": sampling.model_dump(), "seed": None if greedy else s, "engine": self.engine}
+            | stop
             for p, s in zip(prompts, seeds)
         ]
         responses = self._through_cache("generate", requests, self._generate_chunk, desc)
@@ -113,7 +118,8 @@ class CachedLLM:
     def _generate_chunk(self, requests: list[dict]) -> list[dict]:
         sampling = Sampling(**requests[0]["sampling"])
         seeds = [r["seed"] or 0 for r in requests]
-        generations = self.backend.generate([r["prompt"] for r in requests], sampling, seeds)
+        one_line = requests[0].get("one_line", False)
+        generations = self.backend.generate([r["prompt"] for r in requests], sampling, seeds, one_line=one_line)
         self._answer_scoring(requests, generations)
         return [asdict(g) for g in generations]
 
@@ -122,10 +128,16 @@ class CachedLLM:
         return [asdict(s) for s in scored]
 
     def _answer_scoring(self, requests: list[dict], generations: list[Generation]) -> None:
+        """A generation ended by end-of-turn scores its text; one stopped at a line end scores the line, ended
+        there (the end-of-turn log-prob it recorded stands in for the line break's)."""
         entries = []
         for request, generation in zip(requests, generations):
-            if generation.finished and self.backend.completion_token_ids(generation.text) == generation.token_ids:
-                score_request = {"prompt": request["prompt"], "completion": generation.text, "engine": self.engine}
+            completion, ids, logprobs = generation.text, generation.token_ids, generation.token_logprobs
+            if generation.end_logprob is not None:
+                completion, logprobs = completion.strip(), logprobs[:-1] + [generation.end_logprob]
+                ids = ids[:-1] + self.backend.completion_token_ids("")  # the line, then end-of-turn
+            if generation.finished and self.backend.completion_token_ids(completion) == ids:
+                score_request = {"prompt": request["prompt"], "completion": completion, "engine": self.engine}
                 key = call_key("score", self.model.fingerprint, score_request)
-                entries.append((key, score_request, asdict(Scored(generation.token_logprobs))))
+                entries.append((key, score_request, asdict(Scored(logprobs))))
         self.cache.put_many("score", self.model.fingerprint, self.model.label, entries)

@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StaticCache
 
 from tasks.config import Sampling
-from tasks.llm.backend import Generation, Messages, Scored
+from tasks.llm.backend import Generation, LineEnds, Messages, Scored
 from tasks.llm.cpu_attention import CPU_ATTENTION
 
 # A generation batch decodes up to this many times `batch_size` rows together, prefilled in chunks of at most
@@ -113,6 +113,13 @@ class TransformersBackend:
         ).eval()
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        self._line_ends: LineEnds | None = None
+
+    @property
+    def line_ends(self) -> LineEnds:
+        if self._line_ends is None:
+            self._line_ends = LineEnds(self.tokenizer)
+        return self._line_ends
 
     def prompt_ids(self, messages: Messages) -> list[int]:
         encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
@@ -145,11 +152,14 @@ class TransformersBackend:
         return [order[start : start + self.rows_per_call] for start in range(0, len(order), self.rows_per_call)]
 
     @torch.inference_mode()
-    def generate(self, prompts: list[Messages], sampling: Sampling, seeds: list[int]) -> list[Generation]:
+    def generate(
+        self, prompts: list[Messages], sampling: Sampling, seeds: list[int], one_line: bool = False
+    ) -> list[Generation]:
         rows = [self.prompt_ids(m) for m in prompts]
         results: list[Generation | None] = [None] * len(rows)
+        line_ends = self.line_ends if one_line else None
         for batch in self._generation_batches(rows):
-            generations = self._generate_batch([rows[i] for i in batch], sampling, [seeds[i] for i in batch])
+            generations = self._generate_batch([rows[i] for i in batch], sampling, [seeds[i] for i in batch], line_ends)
             for index, generation in zip(batch, generations):
                 results[index] = generation
         return results
@@ -194,7 +204,9 @@ class TransformersBackend:
             rows_of.setdefault(tuple(prefix), []).append(row)
         return [(list(prefix), rows_of[prefix]) for prefix in sorted(rows_of, key=lambda p: (len(p), p))]
 
-    def _generate_batch(self, rows: list[list[int]], sampling: Sampling, seeds: list[int]) -> list[Generation]:
+    def _generate_batch(
+        self, rows: list[list[int]], sampling: Sampling, seeds: list[int], line_ends: LineEnds | None
+    ) -> list[Generation]:
         # each row: its prompt but the last token, right-padded (the prefilled cache), then the last token; the
         # attention mask skips the gap and positions count real tokens only
         width = max(len(r) for r in rows) - 1
@@ -205,25 +217,35 @@ class TransformersBackend:
         self._prefill(prefixes, cache)
         sampler = SeededSampler(seeds, sampling)
         prefix_mask = torch.tensor(self._right_pad(prefixes, width)[1], dtype=torch.long).reshape(len(rows), width)
-        new_tokens = self._decode(rows, prefix_mask, cache, sampler, sampling.max_new_tokens)
+        new_tokens, end_logprobs = self._decode(rows, prefix_mask, cache, sampler, sampling.max_new_tokens, line_ends)
         generations = []
         for row, tokens in enumerate(new_tokens):
-            finished = bool(tokens) and tokens[-1] == self.eos_id
+            end_logprob = end_logprobs.get(row)
+            finished = bool(tokens) and tokens[-1] == self.eos_id or end_logprob is not None
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            generations.append(Generation(text, tokens, sampler.logprobs[row][: len(tokens)], finished))
+            generations.append(Generation(text, tokens, sampler.logprobs[row][: len(tokens)], finished, end_logprob))
         return generations
 
     def _decode(
-        self, rows: list[list[int]], prefix_mask: torch.Tensor, cache: StaticCache, sampler: SeededSampler, steps: int
-    ) -> list[list[int]]:
-        """Each row's new tokens, up to its end-of-sequence token or `steps`. A finished row stays in the batch (fed
-        padding) until dropping it pays: dropping copies every remaining row's cache. HF's `generate` decoded
-        finished rows to the end, a quarter of the row-steps of 64 caption prompts (T 0.7, 32 tokens)."""
+        self,
+        rows: list[list[int]],
+        prefix_mask: torch.Tensor,
+        cache: StaticCache,
+        sampler: SeededSampler,
+        steps: int,
+        line_ends: LineEnds | None,
+    ) -> tuple[list[list[int]], dict[int, float]]:
+        """Each row's new tokens, up to its end-of-sequence token, the end of its first line (with `line_ends`) or
+        `steps`; and for each row stopped at a line end, the log-prob end-of-turn had there. A finished row stays in
+        the batch (fed padding) until dropping it pays: dropping copies every remaining row's cache. HF's `generate`
+        decoded finished rows to the end, a quarter of the row-steps of 64 caption prompts (T 0.7, 32 tokens)."""
         batch_rows = list(range(len(rows)))  # the row at each batch position
         tokens = torch.tensor([[r[-1]] for r in rows])
         positions = torch.tensor([[len(r) - 1] for r in rows])
         attention_mask = torch.cat([prefix_mask, torch.ones(len(rows), 1, dtype=torch.long)], dim=1)
         new_tokens: list[list[int]] = [[] for _ in rows]
+        started = [False] * len(rows)  # the row's line has content
+        end_logprobs: dict[int, float] = {}
         running = torch.ones(len(rows), dtype=torch.bool)
         for step in range(steps):
             logits = self.model(
@@ -235,10 +257,20 @@ class TransformersBackend:
             ).logits[:, -1]
             at = running.nonzero()[:, 0]
             chosen = sampler.draw(logits[at], [batch_rows[i] for i in at.tolist()])
+            stopped = []
             for i, token in zip(at.tolist(), chosen.tolist()):
-                new_tokens[batch_rows[i]].append(token)
+                row = batch_rows[i]
+                new_tokens[row].append(token)
+                line_end = False
+                if line_ends is not None:
+                    line_end = line_ends.ends(token, started[row])
+                    started[row] = started[row] or token in line_ends.content
+                if line_end:
+                    scores = logits[i].float()
+                    end_logprobs[row] = float(scores[self.eos_id] - scores.logsumexp(dim=-1))
+                stopped.append(line_end or token == self.eos_id)
             tokens = torch.full_like(tokens, self.pad_id).index_copy_(0, at, chosen[:, None])
-            running[at] = chosen != self.eos_id
+            running[at] = ~torch.tensor(stopped)
             if not running.any():
                 break
             positions = positions + 1
@@ -252,7 +284,7 @@ class TransformersBackend:
                 tokens, positions, attention_mask, running = (
                     t[kept] for t in (tokens, positions, attention_mask, running)
                 )
-        return new_tokens
+        return new_tokens, end_logprobs
 
     @torch.inference_mode()
     def score(self, prompts: list[Messages], completions: list[str]) -> list[Scored]:

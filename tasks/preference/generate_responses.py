@@ -71,7 +71,7 @@ def generate_responses(
         sampling = generator.sampling
         purpose = f"preference T{sampling.temperature:g} p{sampling.top_p:g}"  # the seed's part: not the model
         samples = sample_captions(
-            items, client_for(generator.model), generator.responses, sampling, task, seed, purpose
+            items, client_for(generator.model), generator.responses, sampling, task, seed, purpose, whole=True
         )
         frames.append(
             pd.DataFrame(

@@ -4,7 +4,9 @@ from stores.llm_cache import LLMCallCache
 from stores.registry import ModelRef
 from stores.store import Store
 from tasks.config import Sampling
+from tasks.llm.backend import LineEnds
 from tasks.llm.cached import CachedLLM
+from tasks.prompts import first_line
 
 SHORT = [{"role": "user", "content": "Write a title for: a tutorial on graph neural networks."}]
 LONG = [
@@ -16,6 +18,9 @@ LONG = [
 ]
 SAMPLED = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=12)
 GREEDY = Sampling(temperature=0.0, max_new_tokens=12)
+# several lines, greedily: the first ends well within 24 tokens
+LISTING = [{"role": "user", "content": "Give three titles for a tutorial on graph neural networks, one per line."}]
+TO_LINE_END = Sampling(temperature=0.0, max_new_tokens=24)
 
 
 def test_a_completion_depends_on_prompt_and_seed_not_on_the_batch(backend):
@@ -135,9 +140,9 @@ class CountingBackend:
     def __init__(self, real):
         self.real, self.rows_per_call, self.prompts = real, 2, 0
 
-    def generate(self, prompts, sampling, seeds):
+    def generate(self, prompts, sampling, seeds, one_line=False):
         self.prompts += len(prompts)
-        return self.real.generate(prompts, sampling, seeds)
+        return self.real.generate(prompts, sampling, seeds, one_line)
 
     def score(self, prompts, completions):
         self.prompts += len(prompts)
@@ -181,6 +186,44 @@ def test_a_finished_generation_answers_its_own_scoring_request(backend, tmp_path
         assert counting.prompts == 1 and scored.token_logprobs == generation.token_logprobs
         llm.score([SHORT], [generation.text + " (edited)"], desc="test")
         assert counting.prompts == 2
+
+
+def test_one_line_generations_stop_at_their_first_line_end_and_keep_that_line(backend):
+    whole = backend.generate([LISTING, SHORT], TO_LINE_END, [0, 0])
+    lines = backend.generate([LISTING, SHORT], TO_LINE_END, [0, 0], one_line=True)
+    assert "\n" in whole[0].text.strip() and len(lines[0].token_ids) < len(whole[0].token_ids)  # cut short
+    for full, line in zip(whole, lines):
+        assert first_line(line.text) == first_line(full.text)
+        assert line.token_ids == full.token_ids[: len(line.token_ids)]
+    cut = lines[0]
+    assert cut.finished and cut.end_logprob is not None and lines[1].end_logprob is None  # SHORT ends by itself
+    scored = backend.score([LISTING], [first_line(cut.text)])[0].token_logprobs  # the line, ended there
+    assert abs(scored[-1] - cut.end_logprob) < 1e-3
+
+
+def test_a_line_starts_at_its_first_content_and_ends_at_the_next_break(backend):
+    line_ends = LineEnds(backend.tokenizer)
+    for text, kept in [
+        ("\n\nA title here\nmore words", "\n\nA title here\n"),
+        ("  A title\n\nAnother", "  A title\n"),
+        ("A title without a break", None),
+    ]:
+        ids = backend.tokenizer.encode(text, add_special_tokens=False)
+        count = line_ends.cut(ids)
+        assert (None if count is None else backend.tokenizer.decode(ids[:count])) == kept
+
+
+def test_a_line_stopped_generation_answers_the_scoring_of_its_line(backend, tmp_path):
+    counting = CountingBackend(backend)
+    model = ModelRef("flywheel-policy", 1, "fingerprint-for-test", tmp_path)
+    with Store.open(tmp_path / "s.duckdb") as store:
+        llm = CachedLLM(lambda ref: counting, LLMCallCache(store.con), model, progress=False)
+        generation = llm.generate([LISTING], TO_LINE_END, [0], desc="test", one_line=True)[0]
+        assert generation.end_logprob is not None and counting.prompts == 1
+        assert llm.generate([LISTING], TO_LINE_END, [0], desc="test")[0].token_ids != generation.token_ids  # own key
+        assert counting.prompts == 2
+        scored = llm.score([LISTING], [first_line(generation.text)], desc="test")[0]
+        assert counting.prompts == 2 and scored.token_logprobs[-1] == generation.end_logprob
 
 
 def test_the_nucleus_from_the_most_likely_tokens_equals_the_one_from_a_full_sort():
