@@ -24,14 +24,20 @@ def _model():
 
 def embed(texts: list[str], batch_size: int = 64, dtype: str = "float32") -> np.ndarray:
     """Unit-normalized 384-dim float32 vectors, so a dot product is the cosine similarity. `dtype` bfloat16 runs the
-    model under bf16 autocast (layer norms and the pooled, normalized vector stay float32)."""
+    model under bf16 autocast (layer norms and the pooled, normalized vector stay float32). Each distinct text is
+    embedded once: noise control compares every candidate caption with its item's content, each content 8 times
+    over, and those repeats were most of the denoise stage."""
     import torch
 
     if not texts:
         return np.zeros((0, 384), dtype=np.float32)
+    distinct: dict[str, int] = {}
+    positions = [distinct.setdefault(text, len(distinct)) for text in texts]
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-        vectors = _model().encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
-    return np.asarray(vectors, dtype=np.float32)
+        vectors = _model().encode(
+            list(distinct), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False
+        )
+    return np.asarray(vectors, dtype=np.float32)[positions]
 
 
 def similarity(left: list[str], right: list[str]) -> np.ndarray:

@@ -336,3 +336,16 @@ def test_the_trusted_pairs_come_from_human_titles_the_turns_scorer_has_not_train
         refined_on = set(human["item_id"].iloc[turn_window(len(human), turn, 3)])  # the refine stage's window
         assert len(trusted) == 3 and not refined_on & set(trusted["item_id"])
         assert set(trusted["item_id"]) == set(human["item_id"].iloc[turn_window(len(human), turn + 1, 3)])
+
+
+def test_each_distinct_text_is_embedded_once_and_every_copy_gets_its_vector(monkeypatch):
+    from tasks.llm import embeddings
+
+    model, encoded = embeddings._model(), []
+    real_encode = model.encode
+    monkeypatch.setattr(model, "encode", lambda texts, **kw: encoded.append(list(texts)) or real_encode(texts, **kw))
+    texts = ["graph neural networks", "a survey of retrieval", "graph neural networks", "graph neural networks"]
+    vectors = embeddings.embed(texts)
+    assert encoded == [["graph neural networks", "a survey of retrieval"]]
+    assert vectors.shape == (4, 384) and (vectors[0] == vectors[2]).all() and (vectors[0] == vectors[3]).all()
+    assert np.allclose(vectors[1], embeddings.embed(["a survey of retrieval"])[0], atol=1e-5)
