@@ -56,8 +56,9 @@ LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # where str.splitlines
 class LineEnds:
     """Where a completion's first non-empty line ends, token by token: the token holding a line break once the line
     has content (`tasks.prompts.first_line` keeps that line and nothing after it). A caption needs no more tokens,
-    and 18-25% of the packaged model's caption tokens came after it (bench/generation.py). Each token is judged by
-    its own text; a line break split across tokens (a multi-byte U+2028) is not seen, and the line goes on."""
+    and a quarter of the packaged model's sampled caption tokens came after it (bench/generation.py). Each token is
+    judged by its own text; a line break split across tokens (a multi-byte U+2028) is not seen, and the line goes
+    on."""
 
     def __init__(self, tokenizer):
         texts = tokenizer.batch_decode([[token] for token in range(len(tokenizer))], skip_special_tokens=True)
