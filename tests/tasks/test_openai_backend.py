@@ -11,6 +11,7 @@ from tasks.config import Sampling, Server
 from tasks.errors import ModelServerError
 from tasks.llm.openai_backend import OpenAIBackend, served_name
 from tests.model_server import ModelServer
+from tests.tasks.test_llm import LISTING, TO_LINE_END
 
 PROMPTS = [
     [{"role": "user", "content": "Name a colour."}],
@@ -42,6 +43,15 @@ def test_generation_and_scores_match_the_in_process_backend(backend, ref, server
     completions = ["Blue.", "Dense retrieval, rewritten", "Hello there!"]
     for far, near in zip(remote.score(PROMPTS, completions), backend.score(PROMPTS, completions)):
         assert far.token_logprobs == pytest.approx(near.token_logprobs, abs=1e-3)
+
+
+def test_one_line_cuts_where_the_in_process_backend_stops(backend, ref, server):
+    remote = OpenAIBackend(ref, server.url, FAST)
+    far = remote.generate([LISTING], TO_LINE_END, [0], one_line=True)[0]
+    near = backend.generate([LISTING], TO_LINE_END, [0], one_line=True)[0]
+    assert (far.text, far.token_ids, far.finished) == (near.text, near.token_ids, True)
+    assert far.token_logprobs == pytest.approx(near.token_logprobs, abs=1e-3)
+    assert near.end_logprob is not None and far.end_logprob is None  # the server generated on: it cannot say
 
 
 def test_transient_errors_are_retried_with_backoff(ref, server):
