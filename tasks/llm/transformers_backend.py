@@ -221,7 +221,7 @@ class TransformersBackend:
         generations = []
         for row, tokens in enumerate(new_tokens):
             end_logprob = end_logprobs.get(row)
-            finished = bool(tokens) and tokens[-1] == self.eos_id or end_logprob is not None
+            finished = (bool(tokens) and tokens[-1] == self.eos_id) or end_logprob is not None
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
             generations.append(Generation(text, tokens, sampler.logprobs[row][: len(tokens)], finished, end_logprob))
         return generations
