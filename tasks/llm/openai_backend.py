@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
+from functools import cached_property
 
 import httpx
 from transformers import AutoTokenizer
@@ -78,12 +79,16 @@ class OpenAIBackend:
     def completion_token_ids(self, completion: str) -> list[int]:
         return self.tokenizer.encode(completion, add_special_tokens=False) + [self.eos_id]
 
+    @cached_property
+    def line_ends(self) -> LineEnds:
+        return LineEnds(self.tokenizer)
+
     def generate(
         self, prompts: list[Messages], sampling: Sampling, seeds: list[int], one_line: bool = False
     ) -> list[Generation]:
         """`one_line` cuts each completion where the transformers backend stops (`LineEnds`), after the server
         generated it whole: the same tokens and log-probs, none of the time saved."""
-        line_ends = LineEnds(self.tokenizer) if one_line else None
+        line_ends = self.line_ends if one_line else None
 
         def one(prompt: Messages, seed: int) -> Generation:
             body = {

@@ -13,6 +13,7 @@ The sampler also records each drawn token's untempered log-prob.
 from __future__ import annotations
 
 import os
+from functools import cached_property
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StaticCache
@@ -113,13 +114,10 @@ class TransformersBackend:
         ).eval()
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
-        self._line_ends: LineEnds | None = None
 
-    @property
+    @cached_property
     def line_ends(self) -> LineEnds:
-        if self._line_ends is None:
-            self._line_ends = LineEnds(self.tokenizer)
-        return self._line_ends
+        return LineEnds(self.tokenizer)
 
     def prompt_ids(self, messages: Messages) -> list[int]:
         encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
