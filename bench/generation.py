@@ -245,9 +245,8 @@ def main(argv: list[str] | None = None) -> dict:
         score_table.add_row(row["path"], *cells)
     console = Console(width=150)
     console.print(table, score_table)
-    shared = next((r for r in rows if "same_tokens" in r), None)
-    if shared:
-        agreement["shared_prefill_same_tokens"] = shared["same_tokens"]
+    shared = next(r for r in rows if "same_tokens" in r)
+    agreement["shared_prefill_same_tokens"] = shared["same_tokens"]
     lines = next(r for r in rows if "same_captions" in r)  # the same captions from fewer tokens: time is the figure
     line_end = {
         "speedup": shared["seconds"] / lines["seconds"],
