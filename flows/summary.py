@@ -41,8 +41,8 @@ def _note(stage: str, m: dict, summary: dict) -> str:
             f"{m.get('pairs_corrected', 0)} corrected by humans, {m.get('pairs_queued', 0)} queued for labelling"
         )
     if stage == "rewrite":
-        before = next((v for k, v in m.items() if k.endswith("_original")), float("nan"))
-        after = next((v for k, v in m.items() if k.endswith("_rewritten")), float("nan"))
+        precision = {k.rsplit("_", 1)[1]: v for k, v in m.items() if k.startswith("tag_precision_at_")}
+        before, after = precision.get("original", float("nan")), precision.get("rewritten", float("nan"))
         return (
             f"tag precision {before:.2f} (original) → {after:.2f} (DMQR pool, "
             f"{m.get('rewrites_per_query', 0):.1f} rewrites/query)"

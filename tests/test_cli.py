@@ -166,3 +166,15 @@ def test_the_command_runs_under_tcmalloc_unless_told_not_to(monkeypatch):
     assert "init: " in declined and "libtcmalloc_minimal" not in declined
     monkeypatch.setenv("LD_PRELOAD", "/opt/libother.so /usr/lib/libtcmalloc_minimal.so.4:/opt/libmore.so")
     assert system_allocator_env()["LD_PRELOAD"] == "/opt/libother.so /opt/libmore.so"  # the user's other preloads
+
+
+def test_the_rewrite_line_reads_tag_precision_whatever_the_metrics_order():
+    """A stage found finished reads its metrics back from the store in key order, where
+    `feedback_rewrites_beating_original` comes first: the line showed it (0.00) as the original query's precision."""
+    from flows.summary import stage_note
+
+    metrics = {"tag_precision_at_5_original": 0.54, "tag_precision_at_5_rewritten": 0.56, "rewrites_per_query": 1.1}
+    metrics["feedback_rewrites_beating_original"] = 0
+    for ordered in (metrics, dict(sorted(metrics.items()))):
+        result = {"stage": "rewrite", "metrics": ordered, "summary": {}}
+        assert stage_note(result) == "tag precision 0.54 (original) → 0.56 (DMQR pool, 1.1 rewrites/query)"
