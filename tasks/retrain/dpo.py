@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from trl import DPOTrainer
 
-from tasks.retrain.fit import fit
+from tasks.retrain.fit import compact_lm_head, fit
 
 
 def dual_clip_loss(
@@ -135,13 +135,12 @@ def train_dpo(
         reference = copy.deepcopy(model).eval()
         precompute = revisits_pairs(steps[number], cfg, len(chunk))
         args = make_args(number, steps[number], precompute_ref_log_probs=precompute, precompute_ref_batch_size=8)
-        kwargs = dict(model=model, ref_model=reference, args=args, train_dataset=data)
-        if cfg.loss == "dual_clip":
-            trainer = DualClipDPOTrainer(
-                **kwargs, processing_class=tokenizer, clip_chosen=cfg.clip_chosen, clip_rejected=cfg.clip_rejected
-            )
-        else:
-            trainer = DPOTrainer(**kwargs, processing_class=tokenizer)
+        kwargs = dict(model=model, ref_model=reference, args=args, train_dataset=data, processing_class=tokenizer)
+        with compact_lm_head():  # the trainer precomputes the reference log-probs as it is built
+            if cfg.loss == "dual_clip":
+                trainer = DualClipDPOTrainer(**kwargs, clip_chosen=cfg.clip_chosen, clip_rejected=cfg.clip_rejected)
+            else:
+                trainer = DPOTrainer(**kwargs)
         model = fit(trainer)
         if cfg.extrapolation_alpha:
             extrapolate(model, reference, cfg.extrapolation_alpha)

@@ -92,8 +92,8 @@ def test_tailr_trainer_trains(trainer_factory):
     assert 0.2 <= trainer.state.log_history[0]["tailr_mean_weight"] <= 1.0
 
 
-@pytest.fixture(scope="module")
-def dual_clip_trainer(base_model_path, tmp_path_factory):
+def make_dual_clip_trainer(base_model_path, out, **extra):
+    """A dual-clip DPO trainer on two pairs, against a reference that differs from the policy (non-zero rewards)."""
     import copy
 
     from datasets import Dataset
@@ -106,7 +106,7 @@ def dual_clip_trainer(base_model_path, tmp_path_factory):
     model = AutoModelForCausalLM.from_pretrained(base_model_path)
     reference = copy.deepcopy(model).eval()
     with torch.no_grad():
-        reference.model.norm.weight.mul_(1.05)  # a reference that differs, so rewards are not zero
+        reference.model.norm.weight.mul_(1.05)
     data = Dataset.from_list(
         [
             {
@@ -120,7 +120,7 @@ def dual_clip_trainer(base_model_path, tmp_path_factory):
             ]
         ]
     )
-    args = cpu_args(DPOConfig, tmp_path_factory.mktemp("dpo"), steps=1, batch=2, beta=0.5)
+    args = cpu_args(DPOConfig, out, steps=1, batch=2, beta=0.5, **extra)
     return DualClipDPOTrainer(
         model=model,
         ref_model=reference,
@@ -130,6 +130,11 @@ def dual_clip_trainer(base_model_path, tmp_path_factory):
         clip_chosen=0.05,
         clip_rejected=0.05,
     )
+
+
+@pytest.fixture(scope="module")
+def dual_clip_trainer(base_model_path, tmp_path_factory):
+    return make_dual_clip_trainer(base_model_path, tmp_path_factory.mktemp("dpo"))
 
 
 def _completion_logps(model, batch):
@@ -154,6 +159,18 @@ def test_dual_clip_trainer_loss_is_the_hand_computed_clipped_dpo_loss(dual_clip_
     hand = [math.log1p(math.exp(-(min(w, 0.05) - max(lo, -0.05)))) for w, lo in zip(chosen.tolist(), rejected.tolist())]
     assert loss.item() == pytest.approx(sum(hand) / len(hand), rel=1e-3)
     assert any(abs(r) > 0.05 for r in rewards.tolist())  # the clips are active in this case
+
+
+def test_reference_log_probs_precomputed_under_the_compact_head_are_the_references(base_model_path, tmp_path):
+    """`train_dpo` builds its trainers under the compaction, so the reference log-probs TRL precomputes while building
+    one score only the completion positions: they are still each pair's summed completion log-probs."""
+    with compact_lm_head():
+        trainer = make_dual_clip_trainer(
+            base_model_path, tmp_path, precompute_ref_log_probs=True, precompute_ref_batch_size=2
+        )
+    batch = next(iter(trainer.get_train_dataloader()))
+    precomputed = torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]])
+    assert torch.allclose(precomputed, _completion_logps(trainer.ref_model, batch), rtol=1e-4, atol=1e-3)
 
 
 def test_dpo_rounds_reset_the_reference_refresh_later_rounds_and_extrapolate(base_model_path, tmp_path):
