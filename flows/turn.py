@@ -3,11 +3,13 @@ model that is `champion` when it starts. Every task calls `tasks.runner.run_stag
 stage NAME` and the `dvc.yaml` cmds, so the three ways to run a stage cannot drift apart.
 
 Run: `flywheel run --turns 1` (or `python -m flows.turn`). Without PREFECT_API_URL Prefect runs in ephemeral mode
-(no server to start); with it, runs are recorded on that server. Stages that generate, score or train are tagged
-`gpu`, the rest `cpu`, for work-pool routing; a model stage whose server failed is retried with backoff. After the
-last stage the turn's data is published as a DVC version (tasks/publish). Prefect's own task cache is off: the store
-records finished batches, so a rerun or a resumed turn skips finished stages without a model call. A turn holds the
-store's run lock (stores/lock.py): two turns on one store never interleave.
+(no server to start); with it, runs are recorded on that server. A stage that may call a model server (generate,
+score, train) and failed for it is retried with backoff. The tasks carry no tags: Prefect checks a tagged task run's
+tag concurrency limits with a server call, which on the ephemeral SQLite server met "database is locked" and a 2 s
+client retry before almost every stage (~20 s a turn); the work pools, not tags, keep GPU and CPU stages apart.
+After the last stage the turn's data is published as a DVC version (tasks/publish). Prefect's own task cache is off:
+the store records finished batches, so a rerun or a resumed turn skips finished stages without a model call. A turn
+holds the store's run lock (stores/lock.py): two turns on one store never interleave.
 """
 
 from __future__ import annotations
@@ -38,11 +40,10 @@ def _model_server_failed(task, task_run, state) -> bool:
 
 def _stage_task(name: str):
     stage = STAGES[name]
-    uses_model = stage.uses_model or stage.model_when is not None  # may call a model server: tagged gpu, retried
+    uses_model = stage.uses_model or stage.model_when is not None  # may call a model server: retried
 
     @task(
         name=name,
-        tags=["gpu" if uses_model else "cpu"],
         cache_policy=NO_CACHE,
         retries=MODEL_SERVER_RETRIES if uses_model else 0,
         retry_delay_seconds=exponential_backoff(backoff_factor=30),
@@ -58,7 +59,7 @@ def _stage_task(name: str):
 STAGE_TASKS = {name: _stage_task(name) for name in STAGES}
 
 
-@task(name="publish", tags=["cpu"], cache_policy=NO_CACHE)
+@task(name="publish", cache_policy=NO_CACHE)
 def publish(params: str, turn: int, overrides: dict | None = None) -> dict:
     """The finished turn's data as a DVC version pushed to the remote (tasks/publish), in the flow's process."""
     return asdict(publish_turn(load_settings(params, overrides), turn))
